@@ -1,0 +1,346 @@
+"""Whisper in Flax Linen: audio encoder (with per-block taps) and text decoder (with a functional KV cache).
+
+The parameter tree mirrors openai-whisper's state dict so converters are name maps:
+``encoder.blocks.0.mlp.2.weight`` -> ``encoder/blocks_0/mlp_2/kernel`` (transposed),
+``*.attn_ln.weight`` -> ``*/attn_ln/scale``, ``decoder.token_embedding.weight`` -> ``decoder/token_embedding/embedding``.
+
+Numerics follow openai-whisper: LayerNorm eps 1e-5 computed in fp32, exact (erf) GELU, key projection without bias,
+softmax in fp32, output projection tied to the token embedding. ``dtype`` is the compute dtype; params stay fp32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Params = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelDimensions:
+    """openai-whisper's ``ModelDimensions``; field names are kept so a ``.pt`` ``dims`` dict loads as is."""
+
+    n_mels: int
+    n_audio_ctx: int
+    n_audio_state: int
+    n_audio_head: int
+    n_audio_layer: int
+    n_vocab: int
+    n_text_ctx: int
+    n_text_state: int
+    n_text_head: int
+    n_text_layer: int
+
+    @property
+    def is_multilingual(self) -> bool:
+        return self.n_vocab >= 51865
+
+    @property
+    def num_languages(self) -> int:
+        return self.n_vocab - 51765 - int(self.is_multilingual)
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelDimensions":
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = names - set(d)
+        if missing:
+            raise ValueError(f"model dims are missing {sorted(missing)} (got {sorted(d)})")
+        return cls(**{k: int(d[k]) for k in names})
+
+    def __str__(self) -> str:
+        return json.dumps(self.to_dict())
+
+
+# Every released Whisper size; `.en` models share dims with their multilingual sibling but for n_vocab = 51864.
+_SIZES = {
+    # name: (n_mels, width, heads, enc layers, dec layers, n_vocab)
+    "tiny": (80, 384, 6, 4, 4, 51865),
+    "base": (80, 512, 8, 6, 6, 51865),
+    "small": (80, 768, 12, 12, 12, 51865),
+    "medium": (80, 1024, 16, 24, 24, 51865),
+    "large-v1": (80, 1280, 20, 32, 32, 51865),
+    "large-v2": (80, 1280, 20, 32, 32, 51865),
+    "large-v3": (128, 1280, 20, 32, 32, 51866),
+    "turbo": (128, 1280, 20, 32, 4, 51866),
+}
+
+
+def dims_for(name: str) -> ModelDimensions:
+    """Dims of a named Whisper size (``tiny.en``, ``base``, ..., ``large-v3``, ``turbo``)."""
+    english_only = name.endswith(".en")
+    base = name[: -len(".en")] if english_only else name
+    base = {"large": "large-v2", "large-v3-turbo": "turbo"}.get(base, base)
+    if base not in _SIZES or (english_only and base not in ("tiny", "base", "small", "medium")):
+        raise ValueError(f"unknown Whisper size {name!r}; known: {sorted(_SIZES)} (+ '.en' for tiny..medium)")
+    n_mels, width, heads, enc_layers, dec_layers, n_vocab = _SIZES[base]
+    return ModelDimensions(
+        n_mels=n_mels, n_audio_ctx=1500, n_audio_state=width, n_audio_head=heads, n_audio_layer=enc_layers,
+        n_vocab=51864 if english_only else n_vocab, n_text_ctx=448, n_text_state=width, n_text_head=heads,
+        n_text_layer=dec_layers,
+    )
+
+
+def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.ndarray:
+    """Whisper's encoder position table: [sin | cos] halves (not interleaved)."""
+    if channels % 2:
+        raise ValueError(f"sinusoid channels must be even, got {channels}")
+    log_timescale_increment = np.log(max_timescale) / (channels // 2 - 1)
+    inv_timescales = np.exp(-log_timescale_increment * np.arange(channels // 2, dtype=np.float32))
+    scaled_time = np.arange(length, dtype=np.float32)[:, None] * inv_timescales[None, :]
+    return np.concatenate([np.sin(scaled_time), np.cos(scaled_time)], axis=1).astype(np.float32)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm in fp32 with PyTorch's eps (Flax's default eps is 1e-6), cast back to the input dtype."""
+
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        d = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (d,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (d,), jnp.float32)
+        xf = x.astype(jnp.float32)
+        mean = xf.mean(-1, keepdims=True)
+        var = jnp.square(xf - mean).mean(-1, keepdims=True)
+        y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+        return y.astype(x.dtype)
+
+
+def gelu(x: Array) -> Array:
+    return jax.nn.gelu(x, approximate=False)
+
+
+def _attend(q: Array, k: Array, v: Array, n_head: int, mask: Array | None) -> Array:
+    """Scaled dot-product attention over [B, T, d] projections; softmax in fp32.
+
+    ``mask`` is additive, broadcastable to [B, H, Tq, Tk] (0 where allowed, -inf where not).
+    """
+    b, tq, d = q.shape
+    tk = k.shape[1]
+    hd = d // n_head
+    q = q.reshape(b, tq, n_head, hd)
+    k = k.reshape(b, tk, n_head, hd)
+    v = v.reshape(b, tk, n_head, hd)
+    # openai-whisper scales q and k by hd**-0.25 each; one 1/sqrt(hd) on q is the same product up to rounding.
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * (hd**-0.5)
+    if mask is not None:
+        logits = logits + mask
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    return out.reshape(b, tq, d)
+
+
+class MultiHeadAttention(nn.Module):
+    n_state: int
+    n_head: int
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        dense = lambda name, bias=True: nn.Dense(self.n_state, use_bias=bias, dtype=self.dtype, name=name)  # noqa: E731
+        self.query = dense("query")
+        self.key = dense("key", bias=False)
+        self.value = dense("value")
+        self.out = dense("out")
+
+    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+        """Self-attention over ``x`` (no cache): encoder blocks, tagging heads."""
+        return self.out(_attend(self.query(x), self.key(x), self.value(x), self.n_head, mask))
+
+    def kv(self, xa: Array) -> tuple[Array, Array]:
+        return self.key(xa), self.value(xa)
+
+    def attend_kv(self, x: Array, k: Array, v: Array, mask: Array | None = None) -> Array:
+        """Attention of ``x``'s queries over given keys/values (cached self-attention, cross-attention)."""
+        return self.out(_attend(self.query(x), k, v, self.n_head, mask))
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-LN Transformer block; the same block builds Whisper's encoder and the Whisper-AT heads."""
+
+    n_state: int
+    n_head: int
+    cross_attention: bool = False
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        self.attn = MultiHeadAttention(self.n_state, self.n_head, self.dtype)
+        self.attn_ln = LayerNorm()
+        if self.cross_attention:
+            self.cross_attn = MultiHeadAttention(self.n_state, self.n_head, self.dtype)
+            self.cross_attn_ln = LayerNorm()
+        self.mlp_0 = nn.Dense(4 * self.n_state, dtype=self.dtype)
+        self.mlp_2 = nn.Dense(self.n_state, dtype=self.dtype)
+        self.mlp_ln = LayerNorm()
+
+    def mlp(self, x: Array) -> Array:
+        return x + self.mlp_2(gelu(self.mlp_0(self.mlp_ln(x))))
+
+    def __call__(self, x: Array) -> Array:
+        x = x + self.attn(self.attn_ln(x))
+        return self.mlp(x)
+
+    def cross_kv(self, xa: Array) -> tuple[Array, Array]:
+        return self.cross_attn.kv(xa)
+
+    def decode(self, x: Array, self_k: Array, self_v: Array, cross_k: Array, cross_v: Array, offset: Array,
+               self_mask: Array) -> tuple[Array, Array, Array]:
+        """One decoder step over ``x`` [B, T, d] at positions offset..offset+T-1 of the self-attention cache."""
+        h = self.attn_ln(x)
+        k_new, v_new = self.attn.kv(h)
+        self_k = jax.lax.dynamic_update_slice_in_dim(self_k, k_new.astype(self_k.dtype), offset, axis=1)
+        self_v = jax.lax.dynamic_update_slice_in_dim(self_v, v_new.astype(self_v.dtype), offset, axis=1)
+        x = x + self.attn.attend_kv(h, self_k, self_v, self_mask)
+        x = x + self.cross_attn.attend_kv(self.cross_attn_ln(x), cross_k, cross_v)
+        return self.mlp(x), self_k, self_v
+
+
+class AudioEncoder(nn.Module):
+    n_mels: int
+    n_ctx: int
+    n_state: int
+    n_head: int
+    n_layer: int
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        conv = lambda name, c_in, stride: nn.Conv(  # noqa: E731
+            self.n_state, kernel_size=(3,), strides=(stride,), padding=[(1, 1)], dtype=self.dtype, name=name)
+        self.conv1 = conv("conv1", self.n_mels, 1)
+        self.conv2 = conv("conv2", self.n_state, 2)
+        self.positional_embedding = self.param(
+            "positional_embedding", lambda _: jnp.asarray(sinusoids(self.n_ctx, self.n_state)))
+        self.blocks = [ResidualAttentionBlock(self.n_state, self.n_head, dtype=self.dtype, name=f"blocks_{i}")
+                       for i in range(self.n_layer)]
+        self.ln_post = LayerNorm()
+
+    def __call__(self, mel: Array, return_layers: bool = False) -> Array | tuple[Array, Array]:
+        """mel [B, n_mels, frames] -> final states [B, frames/2, d] (and block outputs [B, L, frames/2, d]).
+
+        Inputs shorter than 30 s use the first frames/2 rows of the position table (Whisper-AT's 10-s training
+        regime); the block outputs are taken before ``ln_post``, as Whisper-AT taps them.
+        """
+        if mel.ndim != 3 or mel.shape[1] != self.n_mels:
+            raise ValueError(f"mel must be [batch, {self.n_mels}, frames], got shape {mel.shape}")
+        if mel.shape[2] > 2 * self.n_ctx:
+            raise ValueError(f"mel has {mel.shape[2]} frames; this encoder takes at most {2 * self.n_ctx}")
+        x = mel.transpose(0, 2, 1).astype(self.dtype)
+        x = gelu(self.conv1(x))
+        x = gelu(self.conv2(x))
+        x = (x + self.positional_embedding[: x.shape[1]]).astype(self.dtype)
+        layers = []
+        for block in self.blocks:
+            x = block(x)
+            layers.append(x)
+        final = self.ln_post(x)
+        if return_layers:
+            return final, jnp.stack(layers, axis=1)
+        return final
+
+
+class DecoderCache(NamedTuple):
+    """Decoder state for incremental decoding; arrays stacked over layers: [L, B, ctx, d]."""
+
+    self_k: Array
+    self_v: Array
+    cross_k: Array
+    cross_v: Array
+
+
+class TextDecoder(nn.Module):
+    n_vocab: int
+    n_ctx: int
+    n_state: int
+    n_head: int
+    n_layer: int
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        self.token_embedding = nn.Embed(self.n_vocab, self.n_state, name="token_embedding")
+        self.positional_embedding = self.param(
+            "positional_embedding", nn.initializers.normal(0.02), (self.n_ctx, self.n_state))
+        self.blocks = [ResidualAttentionBlock(self.n_state, self.n_head, cross_attention=True, dtype=self.dtype,
+                                              name=f"blocks_{i}") for i in range(self.n_layer)]
+        self.ln = LayerNorm()
+
+    def init_cache(self, audio_features: Array) -> DecoderCache:
+        """Empty self-attention cache plus the cross-attention keys/values of ``audio_features`` [B, S, d]."""
+        b = audio_features.shape[0]
+        xa = audio_features.astype(self.dtype)
+        cross = [blk.cross_kv(xa) for blk in self.blocks]
+        zeros = jnp.zeros((self.n_layer, b, self.n_ctx, self.n_state), self.dtype)
+        return DecoderCache(zeros, zeros, jnp.stack([k for k, _ in cross]), jnp.stack([v for _, v in cross]))
+
+    def __call__(self, tokens: Array, cache: DecoderCache, offset: Array | int = 0) -> tuple[Array, DecoderCache]:
+        """tokens [B, T] at positions offset..offset+T-1 -> fp32 logits [B, T, n_vocab] and the updated cache."""
+        t = tokens.shape[1]
+        offset = jnp.asarray(offset, jnp.int32)
+        pos = jax.lax.dynamic_slice_in_dim(self.positional_embedding, offset, t, axis=0)
+        x = (self.token_embedding(tokens) + pos).astype(self.dtype)
+        q_pos = offset + jnp.arange(t)
+        k_pos = jnp.arange(self.n_ctx)
+        mask = jnp.where(k_pos[None, :] <= q_pos[:, None], 0.0, -jnp.inf).astype(jnp.float32)
+        new_k, new_v = [], []
+        for i, block in enumerate(self.blocks):
+            x, k, v = block.decode(x, cache.self_k[i], cache.self_v[i], cache.cross_k[i], cache.cross_v[i],
+                                   offset, mask)
+            new_k.append(k)
+            new_v.append(v)
+        x = self.ln(x)
+        logits = jnp.einsum("btd,vd->btv", x.astype(jnp.float32), self.token_embedding.embedding.astype(jnp.float32))
+        return logits, cache._replace(self_k=jnp.stack(new_k), self_v=jnp.stack(new_v))
+
+
+class Whisper(nn.Module):
+    """Encoder + decoder. Use the methods through ``apply(..., method=...)``."""
+
+    dims: ModelDimensions
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        d = self.dims
+        self.encoder = AudioEncoder(d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_audio_layer,
+                                    self.dtype)
+        self.decoder = TextDecoder(d.n_vocab, d.n_text_ctx, d.n_text_state, d.n_text_head, d.n_text_layer,
+                                   self.dtype)
+
+    def encode(self, mel: Array, return_layers: bool = False):
+        return self.encoder(mel, return_layers=return_layers)
+
+    def init_cache(self, audio_features: Array) -> DecoderCache:
+        return self.decoder.init_cache(audio_features)
+
+    def decode(self, tokens: Array, cache: DecoderCache, offset: Array | int = 0):
+        return self.decoder(tokens, cache, offset)
+
+    def __call__(self, mel: Array, tokens: Array) -> Array:
+        """Full forward (teacher forcing): logits [B, T, n_vocab] for ``tokens`` given ``mel``."""
+        audio_features = self.encode(mel)
+        logits, _ = self.decode(tokens, self.init_cache(audio_features), 0)
+        return logits
+
+
+def init_params(dims: ModelDimensions, seed: int = 0) -> Params:
+    """Random params of the right shapes (tests, benchmarks); the tree real weights load into."""
+    model = Whisper(dims)
+    mel = jnp.zeros((1, dims.n_mels, 2 * dims.n_audio_ctx), jnp.float32)
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    return jax.jit(model.init)(jax.random.PRNGKey(seed), mel, tokens)["params"]
+
+
+def param_shapes(dims: ModelDimensions) -> Params:
+    """Shapes/dtypes of every param without allocating (``jax.eval_shape``)."""
+    model = Whisper(dims)
+    mel = jax.ShapeDtypeStruct((1, dims.n_mels, 2 * dims.n_audio_ctx), jnp.float32)
+    tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    return jax.eval_shape(model.init, jax.random.PRNGKey(0), mel, tokens)["params"]
