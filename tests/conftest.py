@@ -1,0 +1,62 @@
+"""Shared fixtures: real weights from installed packages, reference models built from the same tensors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("XLA_FLAGS", "")
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long-running test (still part of CI)")
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not (SHARED / "data").is_dir():
+        pytest.skip("../shared is not present (developer/CI material only)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny_en():
+    import whisper_at_jax as wat
+
+    return wat.load_model("tiny.en", at_head=False)
+
+
+@pytest.fixture(scope="session")
+def base_model():
+    import whisper_at_jax as wat
+
+    return wat.load_model("base", at_head=False)
+
+
+def torch_whisper(model):
+    """openai-whisper's PyTorch model holding exactly ``model``'s weights (fp32, eval mode)."""
+    import torch
+    import whisper
+    from whisper.model import ModelDimensions, Whisper
+
+    from whisper_at_jax.convert import params_to_state_dict
+
+    ref = Whisper(ModelDimensions(**model.dims.to_dict()))
+    sd = {k: torch.from_numpy(v) for k, v in params_to_state_dict(model.params).items()}
+    ref.load_state_dict(sd, strict=True)
+    return ref.eval()
+
+
+@pytest.fixture(scope="session")
+def speech() -> np.ndarray:
+    """Real-ish speech the project ships (espeak-ng, made by this project): 16 kHz float32."""
+    import soundfile as sf
+
+    audio, sr = sf.read(DATA / "speech_en.flac", dtype="float32")
+    assert sr == 16000
+    return audio

@@ -1,0 +1,120 @@
+"""The user-facing model object: ``wat.load_model(...)`` -> ``WhisperModel``, mirroring openai-whisper's API."""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import convert
+from .model import ModelDimensions, Whisper
+
+_DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16}
+
+
+def compute_dtype(dtype: str | Any) -> Any:
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")
+        return _DTYPES[dtype]
+    return dtype
+
+
+class WhisperModel:
+    """Whisper weights + tokenizer (+ an optional Whisper-AT head), with jit-compiled entry points.
+
+    Params are plain pytrees (``model.params = {"encoder": ..., "decoder": ...}``, ``model.head_params``); the
+    compute dtype (fp32 or bf16) is a property of the compiled functions, params stay fp32.
+    """
+
+    def __init__(self, dims: ModelDimensions, params: dict, *, tokenizer_file: str | None = None,
+                 source: str = "", whisper_meta: dict | None = None, dtype: str | Any = "float32",
+                 head_params: dict | None = None, head_config: dict | None = None):
+        self.dims = dims
+        self.dtype = compute_dtype(dtype)
+        self.module = Whisper(dims, dtype=self.dtype)
+        self.params = jax.tree.map(jnp.asarray, params)
+        self.tokenizer_file = tokenizer_file
+        self.source = source
+        self.whisper_meta = whisper_meta or {}
+        self.head_params = None if head_params is None else jax.tree.map(jnp.asarray, head_params)
+        self.head_config = head_config
+        self._tokenizer = None
+
+    @property
+    def is_multilingual(self) -> bool:
+        return self.dims.is_multilingual
+
+    @property
+    def num_languages(self) -> int:
+        return self.dims.num_languages
+
+    @property
+    def tokenizer(self):
+        """Whisper tokenizer built from the checkpoint's ``tokenizer.json``."""
+        if self._tokenizer is None:
+            from .tokenizer import get_tokenizer
+
+            self._tokenizer = get_tokenizer(self.tokenizer_file, multilingual=self.is_multilingual,
+                                            num_languages=self.num_languages)
+        return self._tokenizer
+
+    @functools.cached_property
+    def _encode_fn(self):
+        def encode(params, mel, return_layers):
+            return self.module.apply({"params": params}, mel, return_layers, method="encode")
+
+        return jax.jit(encode, static_argnums=2)
+
+    def encode(self, mel: Any, return_layers: bool = False):
+        """mel [batch, n_mels, frames] or [n_mels, frames] -> final encoder states [batch, frames/2, d]
+        (and, with ``return_layers``, every block's output before ``ln_post``: [batch, n_layers, frames/2, d]).
+
+        Unbatched input gives unbatched output. One compile per (shape, return_layers).
+        """
+        mel = jnp.asarray(mel, jnp.float32)
+        unbatched = mel.ndim == 2
+        if unbatched:
+            mel = mel[None]
+        if mel.ndim != 3 or mel.shape[1] != self.dims.n_mels:
+            raise ValueError(f"mel must be [batch, {self.dims.n_mels}, frames] or [{self.dims.n_mels}, frames], "
+                             f"got shape {tuple(mel.shape)}")
+        if mel.shape[2] % 2 or mel.shape[2] > 2 * self.dims.n_audio_ctx:
+            raise ValueError(f"mel has {mel.shape[2]} frames; need an even number <= {2 * self.dims.n_audio_ctx}")
+        out = self._encode_fn(self.params, mel, return_layers)
+        if unbatched:
+            out = jax.tree.map(lambda x: x[0], out)
+        return out
+
+    def save(self, out_dir: str | os.PathLike, overwrite: bool = False, dtype: str = "float32") -> None:
+        """Write our checkpoint format (see ``whisper_at_jax.convert.checkpoint``)."""
+        if self.tokenizer_file is None:
+            raise convert.CheckpointError("this model has no tokenizer.json to save beside its weights")
+        convert.save_checkpoint(out_dir, self.dims, jax.device_get(self.params), self.tokenizer_file,
+                                source=self.source, dtype=dtype, whisper_meta=self.whisper_meta,
+                                head_params=None if self.head_params is None else jax.device_get(self.head_params),
+                                head_config=self.head_config, overwrite=overwrite)
+
+
+def load_model(name_or_path: str | os.PathLike = "tiny.en", *, dtype: str | Any = "float32",
+               at_head: str | os.PathLike | bool | None = None) -> WhisperModel:
+    """Load Whisper weights (any supported format, or ``"tiny.en"`` / ``"base"`` from installed packages).
+
+    ``at_head``: a Whisper-AT head checkpoint to attach (``{size}_ori.pth`` / ``_low.pth`` or one of ours);
+    ``False`` for none.
+    """
+    loaded = convert.resolve(name_or_path)
+    head_params, head_config = loaded.head_params, loaded.head_config
+    if at_head is False:
+        head_params, head_config = None, None
+    elif at_head not in (None, True):
+        from .convert.at_head import load_at_head
+
+        head_params, head_config = load_at_head(at_head, loaded.dims)
+    return WhisperModel(loaded.dims, loaded.params, tokenizer_file=loaded.tokenizer_file, source=loaded.source,
+                        whisper_meta=loaded.whisper_meta, dtype=dtype, head_params=head_params,
+                        head_config=head_config)

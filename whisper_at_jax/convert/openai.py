@@ -1,0 +1,178 @@
+"""openai-whisper state dicts <-> our Flax param tree, and safe reading of OpenAI ``.pt`` checkpoints.
+
+The openai-whisper state dict is the interchange format inside the converters: CTranslate2 and Hugging Face readers
+produce it, and one generic rule maps it to Flax (``blocks.3`` -> ``blocks_3``, ``mlp.0`` -> ``mlp_0``; Linear weight
+[out, in] -> kernel [in, out]; Conv1d weight [out, in, k] -> kernel [k, in, out]; 1-D ``weight`` -> LayerNorm
+``scale``; ``token_embedding.weight`` -> ``embedding``).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from ..model import ModelDimensions, param_shapes
+from .errors import CheckpointError
+
+Params = dict[str, Any]
+
+
+def _flax_path(key: str, ndim: int) -> tuple[tuple[str, ...], str]:
+    """openai key -> (Flax path, how the array is laid out: 'T', 'conv', or '')."""
+    parts: list[str] = []
+    for p in key.split("."):
+        if p.isdigit() and parts:
+            parts[-1] = f"{parts[-1]}_{p}"
+        else:
+            parts.append(p)
+    leaf = parts[-1]
+    if leaf == "weight":
+        if ndim == 1:
+            return tuple(parts[:-1]) + ("scale",), ""
+        if parts[-2] == "token_embedding":
+            return tuple(parts[:-1]) + ("embedding",), ""
+        if ndim == 3:
+            return tuple(parts[:-1]) + ("kernel",), "conv"
+        return tuple(parts[:-1]) + ("kernel",), "T"
+    return tuple(parts), ""
+
+
+def _openai_key(path: tuple[str, ...]) -> tuple[str, str]:
+    """Inverse of ``_flax_path``: Flax path -> (openai key, layout)."""
+    out: list[str] = []
+    for p in path[:-1]:
+        head, _, tail = p.rpartition("_")
+        out.extend([head, tail] if tail.isdigit() and head else [p])
+    leaf = path[-1]
+    layout = ""
+    if leaf in ("scale", "embedding"):
+        leaf = "weight"
+    elif leaf == "kernel":
+        leaf, layout = "weight", "kernel"
+    return ".".join(out + [leaf]), layout
+
+
+def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
+    for p in path[:-1]:
+        tree = tree.setdefault(p, {})
+    tree[path[-1]] = value
+
+
+def flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    out: dict[tuple[str, ...], Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            out.update(flatten(v, prefix + (k,)))
+        else:
+            out[prefix + (k,)] = v
+    return out
+
+
+def unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
+    tree: dict = {}
+    for path, v in flat.items():
+        _set(tree, path, v)
+    return tree
+
+
+def torch_to_flax(state_dict: Mapping[str, Any], expected: Params, what: str = "checkpoint",
+                  prefix: str = "") -> Params:
+    """Map a PyTorch-style state dict onto a Flax tree shaped like ``expected`` (a tree of shapes or arrays).
+
+    Every expected param must be present with the right shape, and no tensor may be left over: the error names the
+    tensor with expected and actual shapes.
+    """
+    want = {path: tuple(leaf.shape) for path, leaf in flatten(expected).items()}
+    got: dict[tuple[str, ...], np.ndarray] = {}
+    names: dict[tuple[str, ...], str] = {}
+    unexpected = []
+    for key, value in state_dict.items():
+        if not key.startswith(prefix):
+            continue
+        arr = np.asarray(value, dtype=np.float32)
+        path, layout = _flax_path(key[len(prefix):], arr.ndim)
+        if path not in want:
+            unexpected.append(key)
+            continue
+        if layout == "T":
+            arr = arr.T
+        elif layout == "conv":
+            arr = arr.transpose(2, 1, 0)
+        if arr.shape != want[path]:
+            src_shape = tuple(np.shape(value))
+            raise CheckpointError(f"{what}: tensor {key} has shape {src_shape}; the model expects "
+                                  f"{_torch_shape(want[path], layout)} (Flax {'/'.join(path)} {want[path]})")
+        got[path] = np.ascontiguousarray(arr)
+        names[path] = key
+    missing = [path for path in want if path not in got]
+    if missing:
+        keys = [_openai_key(p)[0] for p in missing]
+        raise CheckpointError(f"{what}: missing tensor {prefix}{keys[0]} (expected shape "
+                              f"{_torch_shape(want[missing[0]], _openai_key(missing[0])[1] and 'T')})"
+                              + (f" and {len(keys) - 1} more" if len(keys) > 1 else ""))
+    if unexpected:
+        raise CheckpointError(f"{what}: unexpected tensor {unexpected[0]}"
+                              + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""))
+    return unflatten(got)
+
+
+def _torch_shape(flax_shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
+    if layout == "T" and len(flax_shape) == 2:
+        return flax_shape[::-1]
+    if layout in ("T", "conv") and len(flax_shape) == 3:
+        return (flax_shape[2], flax_shape[1], flax_shape[0])
+    return flax_shape
+
+
+def state_dict_to_params(state_dict: Mapping[str, Any], dims: ModelDimensions, what: str = "checkpoint") -> Params:
+    """openai-whisper state dict -> Whisper params ({"encoder": ..., "decoder": ...}) checked against ``dims``."""
+    return torch_to_flax(state_dict, param_shapes(dims), what)
+
+
+def params_to_state_dict(params: Params, prefix: str = "") -> dict[str, np.ndarray]:
+    """Our Flax params -> openai-whisper state dict (numpy float32)."""
+    out = {}
+    for path, leaf in flatten(jax.device_get(params)).items():
+        key, layout = _openai_key(path)
+        arr = np.asarray(leaf, np.float32)
+        if layout == "kernel":
+            arr = arr.T if arr.ndim == 2 else arr.transpose(2, 1, 0)
+        out[prefix + key] = np.ascontiguousarray(arr)
+    return out
+
+
+def torch_load_safely(path: str | os.PathLike) -> Any:
+    """``torch.load`` restricted to tensors and plain containers: a pickled callable is refused, never run."""
+    try:
+        import torch
+    except ImportError as e:  # pragma: no cover - torch is only needed for .pt/.pth/.bin inputs
+        raise CheckpointError(f"{path}: reading PyTorch checkpoints needs torch (pip install torch)") from e
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path}: empty file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: refused to load: the file holds objects other than tensors and plain "
+                              f"containers (weights_only=True): {str(e).splitlines()[0]}") from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {str(e).splitlines()[0]}") from e
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):
+        return value.detach().to(dtype=__import__("torch").float32).cpu().numpy()
+    return np.asarray(value, np.float32)
+
+
+def load_openai_pt(path: str | os.PathLike) -> tuple[dict[str, int], dict[str, np.ndarray]]:
+    """An openai-whisper ``.pt`` (``{"dims": ..., "model_state_dict": ...}``) -> (dims, state dict as numpy)."""
+    ckpt = torch_load_safely(path)
+    if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
+        raise CheckpointError(f"{path}: not an openai-whisper checkpoint (expected a dict with 'dims' and "
+                              f"'model_state_dict')")
+    sd = {k: _to_numpy(v) for k, v in ckpt["model_state_dict"].items()}
+    return dict(ckpt["dims"]), sd
