@@ -1,0 +1,1 @@
+"""Training configs: Python files with ``get_config(arg)`` (ml_collections), loaded by ``scripts/train.py --config``."""

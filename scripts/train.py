@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""Train a Whisper-AT head on a frozen Whisper encoder.
+
+    python scripts/train.py --config configs/esc50.py:tiny.en --config.data.fold=1 --config.workdir=runs/esc_f1
+    python scripts/train.py --config configs/audioset2m.py:large-v1 --config.data.tfrecords=/data/as2m
+
+Multi-host: start one process per host with the same command (``jax.distributed.initialize()`` picks up Cloud TPU /
+Slurm / Kubernetes when WAT_DISTRIBUTED=1), or give ``--coordinator_address host:port --num_processes N
+--process_id I``. Re-running the same command in the same workdir resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "config file (configs/NAME.py[:ARG])", lock_config=True)
+_COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs)")
+_NPROC = flags.DEFINE_integer("num_processes", None, "number of processes (multi-process runs)")
+_PID = flags.DEFINE_integer("process_id", None, "this process's index (multi-process runs)")
+
+
+def main(argv):
+    del argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from whisper_at_jax import parallel
+
+    # Before anything touches a device.
+    parallel.maybe_initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
+    from whisper_at_jax.train import TrainError, train
+
+    config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("--config is required")
+    try:
+        result = train(config)
+    except TrainError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    summary = {k: v for k, v in result.items() if k not in ("head_params",)}
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("config")
+    app.run(main)
