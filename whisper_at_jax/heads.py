@@ -239,7 +239,9 @@ class ATHead(nn.Module):
 
     Build it with :func:`make_head`. The Transformer blocks compute in ``dtype``; pooling means, layer mixing,
     LayerNorms, ``down_layer`` and the classifier run in fp32 (whisper-at casts to fp32 before ``down_layer`` and
-    ``mlp_layer`` too). ``init`` gives PyTorch's default initialisation (see :func:`torch_default_init`).
+    ``mlp_layer`` too). ``init`` gives PyTorch's default initialisation (see :func:`torch_default_init`); when this
+    module is a submodule of another, the parent's ``init`` does not pass through that override, so apply
+    :func:`torch_default_init` to the head's subtree there (or init the head on its own with :func:`init_head`).
     """
 
     mode: str
