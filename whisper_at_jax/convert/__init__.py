@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 
 from ..model import ModelDimensions
-from .checkpoint import is_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import check_params, is_checkpoint, load_checkpoint, save_checkpoint, save_head_checkpoint
 from .ctranslate2 import read_model_bin, to_openai_state_dict
 from .errors import CheckpointError
 from .openai import load_openai_pt, params_to_state_dict, state_dict_to_params
 
 __all__ = ["CheckpointError", "Loaded", "resolve", "save_checkpoint", "load_checkpoint", "embedded_model_dir",
-           "params_to_state_dict", "state_dict_to_params"]
+           "params_to_state_dict", "state_dict_to_params", "find_tokenizer", "load_hf", "load_at_head",
+           "save_head_checkpoint", "check_params"]
 
 _WHISPER_META_KEYS = ("suppress_ids", "suppress_ids_begin", "lang_ids", "alignment_heads")
 
@@ -36,6 +37,7 @@ class Loaded:
     whisper_meta: dict = dataclasses.field(default_factory=dict)
     head_params: dict | None = None
     head_config: dict | None = None
+    tokenizer_note: str = ""  # set when the tokenizer did not come with the checkpoint (see find_tokenizer)
 
 
 def embedded_model_dir(name: str) -> list[Path] | None:
@@ -73,9 +75,90 @@ def _ct2(folder: Path, bins: list[Path], source: str) -> Loaded:
     return Loaded(dims, state_dict_to_params(sd, dims, source), str(tok) if tok.is_file() else None, source, meta)
 
 
-def _hf(folder: Path) -> Loaded:
-    from .hf import load_hf
+def load_hf(folder: str | os.PathLike) -> tuple[dict[str, int], dict[str, np.ndarray]]:
+    """A Hugging Face Whisper folder -> (openai dims dict, openai state dict); see :mod:`.hf`."""
+    from .hf import load_hf as _load_hf
 
+    return _load_hf(folder)
+
+
+def load_at_head(path: str | os.PathLike, dims: ModelDimensions, **kwargs: Any) -> tuple[dict, dict]:
+    """A Whisper-AT head (released ``.pth`` or our checkpoint) -> (head params, head config); see :mod:`.at_head`."""
+    from .at_head import load_at_head as _load_at_head
+
+    return _load_at_head(path, dims, **kwargs)
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "whisper_at_jax"
+
+
+def find_tokenizer(dims: ModelDimensions, near: str | os.PathLike | None = None, build: bool = True
+                   ) -> tuple[str | None, str]:
+    """A ``tokenizer.json`` for a checkpoint that has none (an OpenAI ``.pt``) -> (path or None, how it was found).
+
+    In order: a ``tokenizer.json`` beside the checkpoint (``near``); one built from openai-whisper's tiktoken file
+    for this vocabulary (``gpt2.tiktoken`` for English-only, ``multilingual.tiktoken``) when openai-whisper is
+    installed, cached under ``$XDG_CACHE_HOME/whisper_at_jax``; the ``tokenizer.json`` of an embedded model with the
+    same vocabulary (tiny.en for n_vocab 51864, base for 51865). The vocabulary (and with it every special-token id)
+    is fixed by ``n_vocab``, so any of these gives the same ids. ``build=False`` (what ``load_model`` uses, to stay
+    fast) skips building from tiktoken but still takes an already cached build.
+    """
+    if near is not None:
+        beside = Path(near).parent / "tokenizer.json"
+        if beside.is_file():
+            return str(beside), f"using {beside} found beside the checkpoint"
+    name = "multilingual" if dims.is_multilingual else "gpt2"
+    spec = importlib.util.find_spec("whisper")  # openai-whisper; locating it does not import torch
+    tiktoken = None
+    if spec is not None and spec.submodule_search_locations:
+        cand = Path(list(spec.submodule_search_locations)[0]) / "assets" / f"{name}.tiktoken"
+        tiktoken = cand if cand.is_file() else None
+    note = ""
+    if tiktoken is not None:
+        try:
+            from ..tokenizer import tokenizer_json_from_tiktoken
+        except ImportError:
+            tokenizer_json_from_tiktoken = None
+        if tokenizer_json_from_tiktoken is not None:
+            out = _cache_dir() / f"tokenizer-{name}-{dims.num_languages}.json"
+            try:
+                if not _loads_as_hf_tokenizer(out) and build:
+                    text = tokenizer_json_from_tiktoken(tiktoken, dims.is_multilingual, dims.num_languages)
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+                    tmp.write_text(text, encoding="utf-8")
+                    os.replace(tmp, out)
+                if _loads_as_hf_tokenizer(out):
+                    return str(out), f"built tokenizer.json from openai-whisper's {tiktoken.name} (cached at {out})"
+                if build:
+                    note = f" (the tokenizer.json built from {tiktoken.name} did not load with `tokenizers`)"
+            except (OSError, ValueError) as e:
+                note = f" (building it from {tiktoken.name} failed: {e})"
+    embedded = {51864: "tiny.en", 51865: "base"}.get(dims.n_vocab)
+    if embedded is not None:
+        files = embedded_model_dir(embedded)
+        if files is not None and (files[0] / "tokenizer.json").is_file():
+            tok = files[0] / "tokenizer.json"
+            return str(tok), (f"using the tokenizer.json of the embedded {embedded} model (same vocabulary, "
+                              f"n_vocab {dims.n_vocab}): {tok}{note}")
+    return None, (f"no tokenizer.json for n_vocab {dims.n_vocab}: pass --tokenizer FILE, or install openai-whisper "
+                  f"(its {name}.tiktoken is converted){note}")
+
+
+def _loads_as_hf_tokenizer(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        from tokenizers import Tokenizer
+
+        Tokenizer.from_file(str(path))
+        return True
+    except Exception:  # noqa: BLE001 - any parse failure means "not usable"
+        return False
+
+
+def _hf(folder: Path) -> Loaded:
     dims, sd = load_hf(folder)
     dims = ModelDimensions.from_dict(dims)
     tok = folder / "tokenizer.json"
@@ -84,7 +167,20 @@ def _hf(folder: Path) -> Loaded:
 
 
 def resolve(name_or_path: str | os.PathLike) -> Loaded:
-    """Load Whisper weights from a model name or any supported path (converting on the fly)."""
+    """Load Whisper weights from a model name or any supported path (converting on the fly).
+
+    A source without its own ``tokenizer.json`` (an OpenAI ``.pt``; Hugging Face or CTranslate2 folders that lack
+    one) gets one from :func:`find_tokenizer` when it can (``tokenizer_note`` says which); else ``tokenizer_file``
+    is None.
+    """
+    loaded = _resolve(name_or_path)
+    if loaded.tokenizer_file is None:
+        loaded.tokenizer_file, note = find_tokenizer(loaded.dims, build=False)
+        loaded.tokenizer_note = note
+    return loaded
+
+
+def _resolve(name_or_path: str | os.PathLike) -> Loaded:
     name = str(name_or_path)
     p = Path(name)
     if not p.exists():
@@ -100,11 +196,23 @@ def resolve(name_or_path: str | os.PathLike) -> Loaded:
     if p.is_dir():
         if is_checkpoint(p):
             config, params, head = load_checkpoint(p)
-            dims = ModelDimensions.from_dict(config["dims"])
-            state_dict_to_params(params_to_state_dict(params), dims, str(p))  # shape check
+            try:
+                dims = ModelDimensions.from_dict(config["dims"])
+            except (ValueError, TypeError) as e:
+                raise CheckpointError(f"{p}/config.json: bad 'dims': {e}") from e
+            if config.get("kind") == "head":
+                raise CheckpointError(f"{p} holds only a Whisper-AT head: load a Whisper model and attach it "
+                                      f"(load_model(MODEL, at_head={str(p)!r}) or scripts/convert.py MODEL OUT "
+                                      f"--head {p})")
+            check_params(params, dims, f"{p}/params.safetensors")
+            head_config = None
+            if head is not None:
+                from .at_head import validate_head
+
+                head, head_config = validate_head(p, config, head, dims)
             tok = p / "tokenizer.json"
             return Loaded(dims, params, str(tok) if tok.is_file() else None, config.get("source", str(p)),
-                          config.get("whisper", {}), head, config.get("head"))
+                          config.get("whisper", {}), head, head_config)
         if (p / "model.bin").is_file():
             return _ct2(p, [p / "model.bin"], f"ctranslate2:{p}")
         if (p / "config.json").is_file() and any(
@@ -120,7 +228,9 @@ def resolve(name_or_path: str | os.PathLike) -> Loaded:
             dims = ModelDimensions.from_dict(dims)
         except (ValueError, TypeError) as e:
             raise CheckpointError(f"{p}: bad 'dims': {e}") from e
-        return Loaded(dims, state_dict_to_params(sd, dims, str(p)), None, f"openai:{p}")
+        tok = p.parent / "tokenizer.json"  # an OpenAI .pt has none; one beside it is taken
+        return Loaded(dims, state_dict_to_params(sd, dims, str(p)), str(tok) if tok.is_file() else None,
+                      f"openai:{p}")
     raise CheckpointError(f"{p}: unknown checkpoint file type (expected .pt, model.bin or a folder)")
 
 

@@ -46,38 +46,41 @@ def _to_flat(params: dict, prefix: str) -> dict[str, np.ndarray]:
             for path, v in flatten(params).items()}
 
 
-def save_checkpoint(out_dir: str | os.PathLike, dims: ModelDimensions, params: dict, tokenizer_file: str | os.PathLike,
-                    *, source: str = "", dtype: str = "float32", whisper_meta: dict | None = None,
-                    head_params: dict | None = None, head_config: dict | None = None, overwrite: bool = False) -> Path:
-    """Write a checkpoint directory atomically (temporary sibling directory, renamed when complete)."""
-    from safetensors.numpy import save_file
+def check_params(params: dict, dims: ModelDimensions, what: str) -> None:
+    """Every Whisper param present with the shape ``dims`` implies, and nothing else (names as stored in our
+    ``params.safetensors``, e.g. ``encoder/blocks_0/attn/query/kernel``)."""
+    from ..model import param_shapes
 
-    out = Path(out_dir)
+    want = {"/".join(k): tuple(v.shape) for k, v in flatten(param_shapes(dims)).items()}
+    got = {"/".join(k): tuple(np.shape(v)) for k, v in flatten(params).items()}
+    for key, shape in want.items():
+        if key not in got:
+            raise CheckpointError(f"{what}: missing tensor {key} (expected shape {shape})")
+        if got[key] != shape:
+            raise CheckpointError(f"{what}: tensor {key} has shape {got[key]}, expected {shape} for dims {dims}")
+    extra = sorted(set(got) - set(want))
+    if extra:
+        raise CheckpointError(f"{what}: unexpected tensor {extra[0]}"
+                              + (f" and {len(extra) - 1} more" if len(extra) > 1 else ""))
+
+
+def _write_atomically(out: Path, overwrite: bool, fill) -> Path:
+    """Build the directory in a temporary sibling with ``fill(tmp)``, then rename it into place."""
     if out.exists() and not overwrite:
         raise CheckpointError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise CheckpointError(f"unsupported checkpoint dtype {dtype!r}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        flat = _to_flat(params, "")
-        if head_params is not None:
-            flat.update(_to_flat(head_params, "head/"))
-        if dtype != "float32":
-            import ml_dtypes  # installed with jax
-            target = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float16
-            flat = {k: v.astype(target) for k, v in flat.items()}
-        save_file(flat, str(tmp / "params.safetensors"))
-        shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
-        config: dict[str, Any] = {"format": FORMAT, "version": VERSION, "dims": dims.to_dict(), "source": source,
-                                  "dtype": dtype, "whisper": whisper_meta or {}}
-        if head_params is not None:
-            config["head"] = head_config or {}
-        (tmp / "config.json").write_text(json.dumps(config, indent=1))
+        fill(tmp)
+        # mkdtemp (and safetensors' writer) create owner-only entries; give the result the usual umask permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~umask)
         if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / "x")
             os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)
         else:
@@ -86,6 +89,72 @@ def save_checkpoint(out_dir: str | os.PathLike, dims: ModelDimensions, params: d
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _save_flat(flat: dict[str, np.ndarray], path: Path, dtype: str) -> None:
+    from safetensors.numpy import save_file
+
+    from .progress import track
+
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise CheckpointError(f"unsupported checkpoint dtype {dtype!r} (float32, bfloat16 or float16)")
+    if dtype != "float32":
+        import ml_dtypes  # installed with jax
+
+        target = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float16
+        with track(len(flat), f"casting to {dtype}") as step:
+            cast = {}
+            for k, v in flat.items():
+                cast[k] = v.astype(target)
+                step()
+        flat = cast
+    save_file(flat, str(path))
+
+
+def save_head_checkpoint(out_dir: str | os.PathLike, dims: ModelDimensions, head_params: dict, head_config: dict,
+                         *, source: str = "", overwrite: bool = False) -> Path:
+    """A head-only checkpoint (no Whisper weights) for ``load_model(..., at_head=DIR)`` / ``--head DIR``.
+
+    ``dims`` are those of the Whisper the head was trained on (its width and layer count are checked on load).
+    """
+    out = Path(out_dir)
+
+    def fill(tmp: Path) -> None:
+        _save_flat(_to_flat(head_params, "head/"), tmp / "params.safetensors", "float32")
+        config = {"format": FORMAT, "version": VERSION, "kind": "head", "dims": dims.to_dict(), "source": source,
+                  "dtype": "float32", "head": head_config}
+        (tmp / "config.json").write_text(json.dumps(config, indent=1))
+
+    return _write_atomically(out, overwrite, fill)
+
+
+def save_checkpoint(out_dir: str | os.PathLike, dims: ModelDimensions, params: dict, tokenizer_file: str | os.PathLike,
+                    *, source: str = "", dtype: str = "float32", whisper_meta: dict | None = None,
+                    head_params: dict | None = None, head_config: dict | None = None, overwrite: bool = False) -> Path:
+    """Write a checkpoint directory atomically (temporary sibling directory, renamed when complete).
+
+    ``overwrite`` replaces an existing ``out_dir`` only once the new one is complete.
+    """
+    out = Path(out_dir)
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise CheckpointError(f"unsupported checkpoint dtype {dtype!r} (float32, bfloat16 or float16)")
+    if tokenizer_file is None or not Path(tokenizer_file).is_file():
+        raise CheckpointError(f"tokenizer file {tokenizer_file} not found (a checkpoint needs a tokenizer.json)")
+    check_params(params, dims, "params to save")
+
+    def fill(tmp: Path) -> None:
+        flat = _to_flat(params, "")
+        if head_params is not None:
+            flat.update(_to_flat(head_params, "head/"))
+        _save_flat(flat, tmp / "params.safetensors", dtype)
+        shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
+        config: dict[str, Any] = {"format": FORMAT, "version": VERSION, "dims": dims.to_dict(), "source": source,
+                                  "dtype": dtype, "whisper": whisper_meta or {}}
+        if head_params is not None:
+            config["head"] = head_config or {}
+        (tmp / "config.json").write_text(json.dumps(config, indent=1))
+
+    return _write_atomically(out, overwrite, fill)
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict, dict | None]:
@@ -100,6 +169,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict, dict | None]:
         raise CheckpointError(f"{p}/config.json: unreadable: {e}") from e
     if config.get("format") != FORMAT:
         raise CheckpointError(f"{p}: config.json is not a {FORMAT} checkpoint")
+    if not isinstance(config.get("dims"), dict):
+        raise CheckpointError(f"{p}/config.json: no 'dims' entry")
     try:
         flat = load_file(str(p / "params.safetensors"))
     except (OSError, SafetensorError) as e:

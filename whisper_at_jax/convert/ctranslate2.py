@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CheckpointError
+from .progress import track
 
+_CHUNK = 64 * 2**20
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: None}  # 5 = bfloat16
 
 
@@ -48,7 +50,7 @@ class _Reader:
         return raw[:-1].decode("utf-8")
 
 
-def _bf16_to_f32(raw: bytes, shape: tuple[int, ...]) -> np.ndarray:
+def _bf16_to_f32(raw: bytes | memoryview, shape: tuple[int, ...]) -> np.ndarray:
     u16 = np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16
     return u16.view(np.float32).reshape(shape)
 
@@ -61,13 +63,24 @@ def read_model_bin(path: str | os.PathLike | list[str | os.PathLike]) -> dict[st
     paths = [str(p) for p in path] if isinstance(path, (list, tuple)) else [str(path)]
     path = " + ".join(paths)
     try:
-        chunks = []
-        for p in paths:
-            with open(p, "rb") as f:
-                chunks.append(f.read())
+        sizes = [os.path.getsize(p) for p in paths]
+        # One preallocated buffer filled in chunks: no second copy of a multi-GB file, and a progress bar.
+        buf = bytearray(sum(sizes))
+        view = memoryview(buf)
+        pos = 0
+        with track(len(buf), "reading model.bin", "B", unit_scale=True) as step:
+            for p, size in zip(paths, sizes):
+                with open(p, "rb") as f:
+                    end = pos + size
+                    while pos < end:
+                        n = f.readinto(view[pos:min(end, pos + _CHUNK)])
+                        if not n:
+                            raise OSError(f"{p} shrank while being read")
+                        pos += n
+                        step(n)
     except OSError as e:
         raise CheckpointError(f"cannot read CTranslate2 model {path}: {e}") from e
-    data = memoryview(b"".join(chunks))
+    data = view
     if len(data) == 0:
         raise CheckpointError(f"{path}: empty file")
     r = _Reader(data, path)
@@ -87,36 +100,62 @@ def read_model_bin(path: str | os.PathLike | list[str | os.PathLike]) -> dict[st
         if dtype_id not in _DTYPES:
             raise CheckpointError(f"{path}: variable {name} has unknown dtype id {dtype_id}")
         n_bytes = r.u32()
-        raw = bytes(r.take(n_bytes))
+        # A view into the file buffer, not a copy: only the float32 conversion later allocates.
+        raw = r.take(n_bytes)
+        itemsize = 2 if dtype_id == 5 else np.dtype(_DTYPES[dtype_id]).itemsize
+        n_expected = int(np.prod(shape, dtype=np.int64)) * itemsize
+        if n_bytes != n_expected:
+            raise CheckpointError(f"{path}: variable {name} has {n_bytes} bytes, shape {shape} needs {n_expected}")
         if dtype_id == 5:
             arr = _bf16_to_f32(raw, shape)
         else:
-            dt = np.dtype(_DTYPES[dtype_id])
-            if n_bytes != int(np.prod(shape, dtype=np.int64)) * dt.itemsize:
-                raise CheckpointError(f"{path}: variable {name} has {n_bytes} bytes, shape {shape} needs "
-                                      f"{int(np.prod(shape)) * dt.itemsize}")
-            arr = np.frombuffer(raw, dtype=dt).reshape(shape)
+            arr = np.frombuffer(raw, dtype=_DTYPES[dtype_id]).reshape(shape)
         variables[name] = arr
     for _ in range(r.u32()):
         alias, target = r.string(), r.string()
         if target not in variables:
             raise CheckpointError(f"{path}: alias {alias} points to missing variable {target}")
         variables[alias] = variables[target]
+        # An alias is the same stored tensor, so a quantized one shares its target's scale (CTranslate2 writes the
+        # alias for the weight only: `decoder/projection/weight` -> `decoder/embeddings/weight`).
+        if target + "_scale" in variables and alias + "_scale" not in variables:
+            variables[alias + "_scale"] = variables[target + "_scale"]
     return variables
 
 
-def _dequantize(variables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Float32 copies of every weight; int8 rows divided by their ``weight_scale``, int16 by the global scale."""
+def dequantize(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """CTranslate2's own dequantization, bit for bit: ``q * (1 / scale)`` in float32, per row for int8 (rows = the
+    first axis, so a conv weight [out, in, k] has one scale per output channel) or with one global int16 scale.
+
+    This is the CPU kernel of CTranslate2's ``Dequantize`` op (``src/ops/dequantize_cpu.cc``: ``r_scale = 1.f /
+    scale; y = x * r_scale``), which differs from ``q / scale`` by up to one float32 ulp.
+    """
+    s = np.asarray(scale, np.float32)
+    r = np.float32(1.0) / s
+    flat = q.reshape(q.shape[0], -1).astype(np.float32) if q.ndim else q.astype(np.float32)
+    if s.ndim == 0 or s.size == 1:
+        out = flat * r.reshape(())
+    else:
+        if s.size != q.shape[0]:
+            raise ValueError(f"{s.size} scales for a tensor of {q.shape[0]} rows")
+        out = flat * r.reshape(-1, 1)
+    return out.reshape(q.shape)
+
+
+def _dequantize(variables: dict[str, np.ndarray], path: str = "model.bin") -> dict[str, np.ndarray]:
+    """Float32 copies of every quantized weight (int8 per-row ``weight_scale``, int16 global scale)."""
     out: dict[str, np.ndarray] = {}
     for name, arr in variables.items():
-        if name.endswith("_scale"):
+        if name.endswith("_scale") and name[: -len("_scale")] in variables:
             continue
         scale = variables.get(name + "_scale")
         if arr.dtype in (np.int8, np.int16) and scale is not None:
-            s = np.asarray(scale, np.float32)
-            flat = arr.reshape(arr.shape[0], -1).astype(np.float32)
-            flat = flat / (s.reshape(-1, 1) if s.ndim else s)
-            out[name] = flat.reshape(arr.shape)
+            try:
+                out[name] = dequantize(arr, scale)
+            except ValueError as e:
+                raise CheckpointError(f"{path}: tensor {name} {arr.shape}: {e}") from e
+        elif arr.dtype in (np.int8, np.int16) and arr.ndim >= 2:
+            raise CheckpointError(f"{path}: quantized tensor {name} has no {name}_scale")
         else:
             out[name] = arr
     return out
@@ -138,7 +177,7 @@ def _count_layers(variables: dict[str, np.ndarray], prefix: str) -> int:
 def to_openai_state_dict(variables: dict[str, np.ndarray], path: str = "model.bin"
                          ) -> tuple[dict[str, int], dict[str, np.ndarray]]:
     """CTranslate2 Whisper variables -> (openai dims, openai state dict of float32 arrays)."""
-    v = _dequantize(variables)
+    v = _dequantize(variables, path)
 
     def get(name: str) -> np.ndarray:
         if name not in v:
