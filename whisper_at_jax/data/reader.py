@@ -1,0 +1,719 @@
+"""Reader: TFRecord shards -> per-host numpy batches (and global ``jax.Array`` s) for head training and evaluation.
+
+Design (why it looks like this):
+
+* **Per-host files.** Host ``i`` of ``n`` reads shards ``i, i + n, i + 2n, ...`` (``files.shard(n, i)``), so hosts
+  never read the same record and no coordination is needed; with fewer shards than hosts that is impossible and
+  is an error. Write a shard count that is a multiple of the host count.
+* **Epochs are built one at a time, from (seed, epoch, host) alone.** Each epoch is its own ``tf.data`` pipeline:
+  the host's shards in an order drawn from ``(seed, epoch, host)``, read by a deterministic interleave, optionally
+  replicated by the balanced sampler's draw counts, shuffled through a buffer seeded the same way, then numbered.
+  That number (the record's *offset* in the epoch's stream) is what positions a run: resuming at
+  ``(epoch, offset)`` rebuilds that epoch's pipeline and ``skip`` s ``offset`` records *before* decoding, which
+  yields exactly the stream an uninterrupted run would have seen (same shuffle, and random crops that are a hash of
+  ``(seed, epoch, host, offset)``, not of a stateful RNG). ``tf.train.Checkpoint(iterator=...)`` was the
+  alternative; it was not chosen because it stores the shuffle buffer (hundreds of MB of audio per host), does not
+  checkpoint the Python decode step, and would need one TF checkpoint per host beside Orbax's.
+  ``AudioBatchIterator.state()`` gives the position as three integers; ``skip_batches=k`` turns a step count into
+  a position arithmetically (exact as long as no record in the skipped range failed to decode: such a record
+  shifts batch boundaries, which ``state()`` records and arithmetic cannot know; the iterator warns if one occurs).
+* **Balanced sampling** (whisper-at's ``WeightedRandomSampler(weights, len(data), replacement=True)``): for each
+  epoch the host draws as many records as it holds, with replacement, with probability proportional to the
+  weights of :func:`label_balanced_weights` (computed over the whole split, from the labels file the writer
+  stores beside the shards); each record then enters the stream as many times as it was drawn, and the shuffle
+  buffer spreads the copies. The draw is a numpy function of (seed, epoch, host): deterministic, restartable.
+  Each host normalises over its own records, which equals the global sampler in expectation when shards are
+  a random partition (the writer shuffles before sharding).
+* **Bad records are skipped and counted, never zero-filled.** Shards whose size differs from the metadata (cut
+  short) are scanned once at start-up and only their complete records are read (the loss is logged with counts).
+  Each record is parsed and decoded in one Python function; a record that fails (bad protobuf, undecodable or
+  empty audio, wrong sample rate, label out of range) is flagged, filtered out, counted in
+  :attr:`AudioBatchIterator.stats` and logged; with ``strict=True`` it raises :class:`DataError` instead.
+  Zero-padding happens only for clips shorter than ``clip_samples`` and for the eval tail, whose padded rows have
+  ``mask == 0``.
+
+Batches are dicts of numpy arrays: ``audio`` [B, clip_samples] float32 in [-1, 1), ``labels`` [B, C] float32
+multi-hot, ``id`` [B] str, ``mask`` [B] float32 (1 = real example). :func:`to_global` makes global ``jax.Array`` s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import os
+import threading
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from whisper_at_jax.data.sources import SHOW_FIRST, DataError, _first
+from whisper_at_jax.data.tfrecords import METADATA_FORMAT, decode_audio_bytes, shard_name
+
+logger = logging.getLogger("whisper_at_jax.data")
+
+_M64 = (1 << 64) - 1
+
+
+def _mix64(*xs: int) -> int:
+    """SplitMix64-style hash of integers: a stateless, platform-independent source for crop offsets."""
+    h = 0x9E3779B97F4A7C15
+    for x in xs:
+        h = (h ^ (int(x) & _M64)) & _M64
+        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _M64
+        h ^= h >> 31
+    return h
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Balanced sampling weights
+
+
+def label_balanced_weights(label_lists: Sequence[Sequence[int]], n_classes: int) -> np.ndarray:
+    """whisper-at's sampling weight per clip: the sum over its labels of ``1000 / (count(label) + 0.01)``, where
+    ``count`` is how many clips carry the label (``gen_weight_file.py`` of the reference training code).
+
+    Args:
+        label_lists: per clip, its class indices.
+        n_classes: the class count (labels must lie in ``[0, n_classes)``).
+
+    Returns:
+        float64 array [len(label_lists)]; a clip with no label gets weight 0 (never drawn).
+    """
+    lengths = np.fromiter((len(x) for x in label_lists), dtype=np.int64, count=len(label_lists))
+    flat = np.fromiter((int(v) for x in label_lists for v in x), dtype=np.int64, count=int(lengths.sum()))
+    if flat.size and (flat.min() < 0 or flat.max() >= n_classes):
+        bad = flat[(flat < 0) | (flat >= n_classes)][0]
+        raise DataError(f"label index {bad} outside the {n_classes} classes")
+    counts = np.bincount(flat, minlength=n_classes).astype(np.float64)
+    label_weight = 1000.0 / (counts + 0.01)
+    owner = np.repeat(np.arange(len(lengths)), lengths)
+    return np.bincount(owner, weights=label_weight[flat], minlength=len(lengths))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Finding shards
+
+
+@dataclasses.dataclass
+class _Shard:
+    path: str
+    readable: int  # complete records we will read
+    global_base: Optional[int]  # index of its first record in the split's labels file (None: unknown)
+
+
+@dataclasses.dataclass
+class ReaderStats:
+    """Counts of what the reader skipped. ``bad_records`` counts occurrences (a bad record recurs every epoch);
+    ``bad_ids`` holds the distinct offenders' ids (or ``shard#record`` when the id is unreadable)."""
+
+    records_ok: int = 0
+    bad_records: int = 0
+    bad_ids: dict = dataclasses.field(default_factory=dict)  # id -> reason
+    truncated_shards: list = dataclasses.field(default_factory=list)
+    lost_records: int = 0  # records of cut-short shards that cannot be read
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+    def _bad(self, clip_id: str, reason: str) -> None:
+        with self._lock:
+            self.bad_records += 1
+            new = clip_id not in self.bad_ids
+            self.bad_ids.setdefault(clip_id, reason)
+            shown = len(self.bad_ids)
+        if new and shown <= SHOW_FIRST:
+            logger.warning("skipping corrupt record %s: %s", clip_id, reason)
+
+    def _ok(self, n: int = 1) -> None:
+        with self._lock:
+            self.records_ok += n
+
+
+def _gfile():
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def _load_meta(data_dir: str) -> Optional[dict]:
+    gf = _gfile()
+    path = os.path.join(data_dir, "metadata.json")
+    if not gf.exists(path):
+        return None
+    try:
+        with gf.GFile(path, "r") as f:
+            meta = json.loads(f.read())
+    except Exception as e:
+        raise DataError(f"{path}: unreadable metadata ({e})") from e
+    return meta if meta.get("format") == METADATA_FORMAT else None
+
+
+def _scan_records(path: str) -> tuple[int, bool]:
+    """Count the complete records of a TFRecord file from its length headers; True if it ends mid-record."""
+    gf = _gfile()
+    size = gf.stat(path).length
+    n, pos = 0, 0
+    with gf.GFile(path, "rb") as f:
+        while pos < size:
+            head = f.read(12)  # uint64 length + uint32 masked CRC of the length
+            if len(head) < 12:
+                return n, True
+            length = int.from_bytes(head[:8], "little")
+            end = pos + 12 + length + 4
+            if end > size:
+                return n, True
+            f.seek(end)
+            pos = end
+            n += 1
+    return n, False
+
+
+def _find_shards(data: str, split: str, strict: bool, stats: ReaderStats) -> tuple[list[_Shard], Optional[dict]]:
+    """All shards of the split in order, with how many records of each can be read."""
+    gf = _gfile()
+    data = os.fspath(data)
+    meta = None
+    if gf.isdir(data):
+        meta = _load_meta(data)
+        if meta is not None:
+            if split not in meta["splits"]:
+                raise DataError(f"split {split!r} not in {data}; it has {sorted(meta['splits'])}")
+            info = meta["splits"][split]
+            n = len(info["shard_lengths"])
+            paths = [os.path.join(data, shard_name(meta["name"], split, i, n)) for i in range(n)]
+        else:
+            paths = sorted(gf.glob(os.path.join(data, f"*-{split}.tfrecord*")))
+            if not paths:
+                raise DataError(f"no TFRecord shards of split {split!r} in {data} (expected *-{split}.tfrecord-*)")
+    else:
+        paths = sorted(gf.glob(data))
+        if not paths:
+            raise DataError(f"no files match {data!r}")
+        folder = os.path.dirname(paths[0])
+        cand = _load_meta(folder) if all(os.path.dirname(p) == folder for p in paths) else None
+        if cand is not None and split in cand["splits"]:
+            n = len(cand["splits"][split]["shard_lengths"])
+            if paths == [os.path.join(folder, shard_name(cand["name"], split, i, n)) for i in range(n)]:
+                meta = cand
+    shards: list[_Shard] = []
+    base = 0
+    for i, p in enumerate(paths):
+        expected = expected_bytes = None
+        if meta is not None:
+            expected = int(meta["splits"][split]["shard_lengths"][i])
+            expected_bytes = int(meta["splits"][split]["shard_bytes"][i])
+        if not gf.exists(p):
+            msg = f"shard {p} is missing" + (f" ({expected} records lost)" if expected is not None else "")
+            if strict:
+                raise DataError(msg)
+            logger.warning("%s", msg)
+            stats.truncated_shards.append(p)
+            stats.lost_records += expected or 0
+            base += expected or 0
+            continue
+        if expected is not None and gf.stat(p).length == expected_bytes:
+            readable = expected  # the common case: one stat per shard, no scan
+        else:
+            readable, cut = _scan_records(p)
+            if expected is not None and readable != expected or cut:
+                lost = (expected - readable) if expected is not None else None
+                msg = (f"shard {p} is cut short or damaged: {readable} complete record(s) readable"
+                       + (f" of {expected}; {lost} lost" if expected is not None else "; its partial last record is skipped"))
+                if strict:
+                    raise DataError(msg)
+                logger.warning("%s", msg)
+                stats.truncated_shards.append(p)
+                stats.lost_records += max(lost or 1, 0)
+                if expected is not None:
+                    readable = min(readable, expected)
+        shards.append(_Shard(p, readable, base if meta is not None else None))
+        base += expected if expected is not None else readable
+    if sum(s.readable for s in shards) == 0:
+        raise DataError(f"split {split!r} of {data} is empty: no readable record in {len(paths)} shard(s)")
+    return shards, meta
+
+
+def _load_split_labels(data_dir: str, meta: dict, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, values) of every record's labels, in shard order, from the writer's labels file."""
+    gf = _gfile()
+    path = os.path.join(data_dir, meta["splits"][split]["labels_file"])
+    if not gf.exists(path):
+        raise DataError(f"{path} is missing; balanced sampling needs each record's labels (rewrite the split)")
+    with gf.GFile(path, "rb") as f:
+        z = np.load(io.BytesIO(f.read()))
+        return z["offsets"], z["values"]
+
+
+def _scan_labels(paths: Sequence[str], counts: Sequence[int]) -> list[list[int]]:
+    """Labels of every readable record, read from the shards themselves (for data without our labels file)."""
+    import tensorflow as tf
+
+    out = []
+    for p, n in zip(paths, counts):
+        for raw in tf.data.TFRecordDataset(p).take(n).as_numpy_iterator():
+            out.append(list(tf.train.Example.FromString(raw).features.feature["labels"].int64_list.value))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The iterator
+
+
+class AudioBatchIterator:
+    """Iterator of per-host numpy batches; see :func:`make_dataset` (which builds it) and the module docstring."""
+
+    def __init__(
+        self, shards: list[_Shard], meta: Optional[dict], data: str, split: str, batch_size: int, clip_samples: int,
+        training: bool, seed: int, process_index: int, process_count: int, repeat: bool, sampling: str,
+        weights: Optional[np.ndarray], n_classes: int, label_names: Optional[list[str]], encoding: str,
+        sample_rate: int, shuffle_buffer: int, cycle_length: int, prefetch: int, strict: bool,
+        pad_to_batches: Optional[int], stats: ReaderStats,
+    ) -> None:
+        self.split = split
+        self.batch_size = batch_size
+        self.clip_samples = clip_samples
+        self.training = training
+        self.seed = seed
+        self.process_index = process_index
+        self.process_count = process_count
+        self.repeat = repeat
+        self.sampling = sampling
+        self.n_classes = n_classes
+        self.label_names = label_names
+        self.encoding = encoding
+        self.sample_rate = sample_rate
+        self.shuffle_buffer = shuffle_buffer
+        self.cycle_length = cycle_length
+        self.prefetch = prefetch
+        self.strict = strict
+        self.pad_to_batches = pad_to_batches
+        self.stats = stats
+        self._shards = shards
+        self._host_starts = np.concatenate([[0], np.cumsum([s.readable for s in shards])]).astype(np.int64)
+        self.num_examples = int(self._host_starts[-1])  # readable records on this host
+        self._host_weights = weights
+        self._epoch = 0
+        self._offset = 0
+        self._batches = 0
+        self._it: Optional[Iterator] = None
+        self._epoch_batches = 0
+        self._done = False
+        self._bad_at_epoch_start = 0
+        self._strict_error: Optional[BaseException] = None
+        self._warned_skip = False
+        self._skip_arithmetic = False
+
+    # -- position ------------------------------------------------------------------------------------------------
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Batches one epoch yields on this host when every record decodes (the stream holds ``num_examples``
+        records in both sampling modes; training drops the last partial batch, evaluation pads it)."""
+        if self.training:
+            return self.num_examples // self.batch_size
+        return -(-self.num_examples // self.batch_size)
+
+    def state(self) -> dict:
+        """The exact position after the last batch returned: JSON-able ints. Pass it back as ``make_dataset(...,
+        state=...)`` with the same data, seed and host layout to continue with the very next batch."""
+        return {"epoch": self._epoch, "offset": self._offset, "batches": self._batches, "seed": self.seed,
+                "process_index": self.process_index, "process_count": self.process_count}
+
+    def _restore(self, state: Mapping[str, int]) -> None:
+        for key in ("seed", "process_index", "process_count"):
+            if key in state and int(state[key]) != getattr(self, key):
+                raise DataError(f"data state was saved with {key}={state[key]}, this reader has {getattr(self, key)}")
+        self._epoch, self._offset, self._batches = int(state["epoch"]), int(state["offset"]), int(state["batches"])
+
+    def _skip(self, k: int) -> None:
+        bpe = self.batches_per_epoch
+        if bpe <= 0:
+            raise DataError(
+                f"batch_size {self.batch_size} exceeds the {self.num_examples} record(s) this host reads"
+            )
+        self._epoch, within = divmod(int(k), bpe)
+        if not self.repeat and self._epoch > 0:
+            raise DataError(f"cannot skip {k} batches: one pass has only {bpe} (repeat=False)")
+        self._offset = within * self.batch_size
+        self._batches = int(k)
+        self._skip_arithmetic = True
+
+    # -- sampling ------------------------------------------------------------------------------------------------
+
+    def epoch_counts(self, epoch: int) -> np.ndarray:
+        """How many times each of this host's records enters epoch ``epoch``'s stream (all ones when uniform)."""
+        n = self.num_examples
+        if self.sampling != "balanced":
+            return np.ones(n, np.int64)
+        rng = np.random.default_rng([self.seed, epoch, self.process_index, 0xBA1A])
+        w = self._host_weights
+        draws = rng.choice(n, size=n, replace=True, p=w / w.sum())
+        return np.bincount(draws, minlength=n).astype(np.int64)
+
+    # -- the per-epoch pipeline ----------------------------------------------------------------------------------
+
+    def _decode(self, raw: bytes, epoch: int, offset: int):
+        """Parse + decode + crop/pad + multi-hot one record; on failure flag it (ok=False) for the filter."""
+        import tensorflow as tf
+
+        clip_id = f"record {offset} of epoch {epoch}"
+        try:
+            feats = tf.train.Example.FromString(raw).features.feature
+            if "id" in feats and feats["id"].bytes_list.value:
+                clip_id = feats["id"].bytes_list.value[0].decode("utf-8", "replace")
+            if "audio" not in feats or not feats["audio"].bytes_list.value:
+                raise DataError("no audio feature")
+            pcm, found_sr = decode_audio_bytes(feats["audio"].bytes_list.value[0], self.encoding)
+            sr = found_sr
+            if sr is None and "sample_rate" in feats and feats["sample_rate"].int64_list.value:
+                sr = int(feats["sample_rate"].int64_list.value[0])
+            if sr is not None and sr != self.sample_rate:
+                raise DataError(f"sample rate {sr} Hz, expected {self.sample_rate}")
+            n = pcm.shape[0]
+            if n == 0:
+                raise DataError("no samples")
+            labels = np.asarray(feats["labels"].int64_list.value, np.int64) if "labels" in feats else np.zeros(0, np.int64)
+            if labels.size and (labels.min() < 0 or labels.max() >= self.n_classes):
+                raise DataError(f"label index outside the {self.n_classes} classes: {labels.tolist()}")
+            start = 0
+            if self.training and n > self.clip_samples:
+                # A hash of the stream position, not an RNG's state, so a resumed run crops identically.
+                start = _mix64(self.seed, epoch, self.process_index, offset) % (n - self.clip_samples + 1)
+            pcm = pcm[start:start + self.clip_samples]
+            audio = np.zeros(self.clip_samples, np.float32)
+            audio[: pcm.shape[0]] = pcm.astype(np.float32) / 32768.0
+            multi_hot = np.zeros(self.n_classes, np.float32)
+            multi_hot[labels] = 1.0
+            self.stats._ok()
+            return audio, multi_hot, clip_id.encode("utf-8"), True
+        except Exception as e:
+            reason = f"{type(e).__name__}: {e}"
+            if self.strict:
+                self._strict_error = DataError(f"corrupt record {clip_id}: {reason}")
+                raise
+            self.stats._bad(clip_id, reason)
+            return (np.zeros(self.clip_samples, np.float32), np.zeros(self.n_classes, np.float32),
+                    clip_id.encode("utf-8"), False)
+
+    def epoch_dataset(self, epoch: int, start_offset: int = 0):
+        """The ``tf.data.Dataset`` of epoch ``epoch`` from stream offset ``start_offset``: dict batches with an
+        extra ``_offset`` (each example's stream offset)."""
+        import tensorflow as tf
+
+        shards = self._shards
+        order = np.arange(len(shards))
+        if self.training:
+            order = np.random.default_rng([self.seed, epoch, self.process_index, 0xF11E]).permutation(len(shards))
+        paths = [shards[i].path for i in order]
+        counts = [shards[i].readable for i in order]
+        starts = [int(self._host_starts[i]) for i in order]
+
+        def read_shard(path, n, first):
+            ds = tf.data.TFRecordDataset(path)
+            if not self.strict:
+                # Beyond cut-short files (handled by `n`), a damaged record fails its CRC; TF logs and skips it.
+                ds = ds.ignore_errors(log_warning=True)
+
+            def number(i, raw):
+                return first + i, raw
+
+            return ds.take(n).enumerate().map(number)
+
+        files = tf.data.Dataset.from_tensor_slices(
+            (tf.constant(paths), tf.constant(counts, tf.int64), tf.constant(starts, tf.int64))
+        )
+        cycle = max(1, min(self.cycle_length, len(paths))) if self.training else 1
+        if cycle > 1:
+            ds = files.interleave(read_shard, cycle_length=cycle, block_length=1, num_parallel_calls=cycle,
+                                  deterministic=True)
+        else:
+            ds = files.interleave(read_shard, cycle_length=1, block_length=1)
+        if self.sampling == "balanced":
+            reps = tf.constant(self.epoch_counts(epoch))
+
+            def replicate(pos, raw):
+                return tf.data.Dataset.from_tensors((pos, raw)).repeat(tf.gather(reps, pos))
+
+            ds = ds.flat_map(replicate)
+        if self.training:
+            seed = _mix64(self.seed, epoch, self.process_index, 0x5EED) & 0x7FFFFFFF
+            ds = ds.shuffle(self.shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
+        ds = ds.enumerate()
+        if start_offset:
+            ds = ds.skip(start_offset)  # before decoding: skipped records cost reading, not decoding
+
+        def decode(offset, pos_raw):
+            _, raw = pos_raw
+            audio, labels, clip_id, ok = tf.numpy_function(
+                lambda r, o: self._decode(r, epoch, int(o)), [raw, offset],
+                [tf.float32, tf.float32, tf.string, tf.bool], stateful=False,
+            )
+            audio.set_shape([self.clip_samples])
+            labels.set_shape([self.n_classes])
+            clip_id.set_shape([])
+            ok.set_shape([])
+            return {"audio": audio, "labels": labels, "id": clip_id, "_offset": offset, "_ok": ok}
+
+        def is_ok(ex):
+            return ex["_ok"]
+
+        def drop_flag(ex):
+            return {k: v for k, v in ex.items() if k != "_ok"}
+
+        ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.filter(is_ok).map(drop_flag)
+        ds = ds.batch(self.batch_size, drop_remainder=self.training)
+        ds = ds.prefetch(self.prefetch)
+        opts = tf.data.Options()
+        opts.deterministic = True
+        return ds.with_options(opts)
+
+    # -- iteration -----------------------------------------------------------------------------------------------
+
+    def __iter__(self) -> "AudioBatchIterator":
+        return self
+
+    def _pad_batch(self, b: Optional[dict]) -> dict:
+        n = 0 if b is None else len(b["id"])
+        out = {
+            "audio": np.zeros((self.batch_size, self.clip_samples), np.float32),
+            "labels": np.zeros((self.batch_size, self.n_classes), np.float32),
+            "id": np.asarray([""] * self.batch_size, dtype=object),
+            "mask": np.zeros(self.batch_size, np.float32),
+        }
+        if b is not None:
+            for k in ("audio", "labels", "id"):
+                out[k][:n] = b[k]
+            out["mask"][:n] = 1.0
+        return out
+
+    def __next__(self) -> dict:
+        import tensorflow as tf
+
+        while True:
+            if self._done:
+                if self.pad_to_batches is not None and self._batches < self.pad_to_batches:
+                    self._batches += 1
+                    return self._pad_batch(None)
+                raise StopIteration
+            if self._it is None:
+                self._it = iter(self.epoch_dataset(self._epoch, self._offset).as_numpy_iterator())
+                self._epoch_batches = 0
+                self._bad_at_epoch_start = self.stats.bad_records
+            try:
+                raw = next(self._it)
+            except StopIteration:
+                self._it = None
+                self._end_of_epoch()
+                continue
+            except tf.errors.OpError as e:
+                self._it = None
+                if self._strict_error is not None:
+                    raise self._strict_error from None
+                raise DataError(f"reading split {self.split!r} failed: {e.message}") from e
+            ids = np.asarray([x.decode("utf-8") for x in raw["id"]], dtype=object)
+            batch = {"audio": raw["audio"], "labels": raw["labels"], "id": ids,
+                     "mask": np.ones(len(ids), np.float32)}
+            if len(ids) < self.batch_size:  # only in evaluation: the tail of the pass
+                batch = self._pad_batch(batch)
+            self._offset = int(raw["_offset"][-1]) + 1
+            self._batches += 1
+            self._epoch_batches += 1
+            if self._skip_arithmetic and self.stats.bad_records and not self._warned_skip:
+                self._warned_skip = True
+                logger.warning(
+                    "a record failed to decode after resuming by skip_batches: batch boundaries from here on may "
+                    "differ from an uninterrupted run; resume with state=iterator.state() to be exact"
+                )
+            return batch
+
+    def _end_of_epoch(self) -> None:
+        bad = self.stats.bad_records - self._bad_at_epoch_start
+        if bad:
+            logger.warning(
+                "split %r epoch %d: skipped %d corrupt record(s) (distinct so far: %d, first: %s)",
+                self.split, self._epoch, bad, len(self.stats.bad_ids), _first(list(self.stats.bad_ids)),
+            )
+        if self._epoch_batches == 0 and self._offset == 0:
+            raise DataError(
+                f"split {self.split!r}: an epoch on host {self.process_index} gave no batch ({self.num_examples} "
+                f"readable record(s), {self.stats.bad_records} corrupt, batch_size {self.batch_size})"
+            )
+        if not self.repeat:
+            self._done = True
+            return
+        self._epoch += 1
+        self._offset = 0
+
+
+def make_dataset(
+    data: Union[str, os.PathLike],
+    split: str = "train",
+    batch_size: int = 32,
+    clip_samples: int = 160000,
+    training: bool = True,
+    seed: int = 0,
+    process_index: Optional[int] = None,
+    process_count: Optional[int] = None,
+    repeat: bool = True,
+    *,
+    sampling: str = "uniform",
+    weights: Optional[np.ndarray] = None,
+    n_classes: Optional[int] = None,
+    encoding: Optional[str] = None,
+    sample_rate: int = 16000,
+    skip_batches: int = 0,
+    state: Optional[Mapping[str, int]] = None,
+    shuffle_buffer: int = 1024,
+    cycle_length: int = 8,
+    prefetch: int = 2,
+    pad_to_batches: Optional[int] = None,
+    strict: bool = False,
+) -> AudioBatchIterator:
+    """Per-host batches of one split of a dataset written by :func:`~whisper_at_jax.data.write_tfrecords`.
+
+    Args:
+        data: the dataset folder, or a glob of TFRecord files (then ``encoding`` and ``n_classes`` are needed
+            unless the files are a full split of a folder with our metadata).
+        split: the split to read.
+        batch_size: examples per batch on this host (global batch = ``batch_size * process_count``).
+        clip_samples: samples per example: longer clips are cropped (randomly in training, from the start in
+            evaluation), shorter ones zero-padded at the end.
+        training: shuffle, random crops, drop the last partial batch. ``False``: file order, no shuffle, crop
+            from the start, the last partial batch padded (rows with ``mask == 0``).
+        seed: the data order and crops are a function of (seed, epoch, host) only.
+        process_index, process_count: this host and the host count (default: ``jax.process_index()`` /
+            ``jax.process_count()``). Host ``i`` reads shards ``i::process_count``.
+        repeat: ``True``: epochs follow each other forever. ``False``: one epoch.
+        sampling: "uniform" (every record once per epoch) or "balanced" (whisper-at's label-balanced draw with
+            replacement, weights from :func:`label_balanced_weights` unless ``weights`` is given).
+        weights: per-record weights over the whole split, in shard order (overrides the balanced default).
+        n_classes: class count (default: from the metadata).
+        encoding: "flac" | "pcm16" | "auto" (default: from the metadata; "auto" sniffs FLAC's magic bytes).
+        sample_rate: the rate records must have (a record at another rate is skipped as corrupt).
+        skip_batches: start after this many batches (e.g. the step of a restored checkpoint).
+        state: start at a position returned by :meth:`AudioBatchIterator.state` (exact; wins over skip_batches).
+        shuffle_buffer: examples in the shuffle buffer (of encoded audio: ~200 KB each for 10-s FLAC).
+        cycle_length: shards read concurrently in training.
+        prefetch: batches prepared ahead.
+        pad_to_batches: evaluation only: after the pass, yield all-padding batches (``mask`` 0) until this many
+            batches were yielded, so every host runs the same number of steps.
+        strict: raise :class:`DataError` on a corrupt record or cut-short shard instead of skipping it.
+
+    Returns:
+        :class:`AudioBatchIterator` yielding dicts ``audio`` [B, clip_samples] f32, ``labels`` [B, C] f32,
+        ``id`` [B] str, ``mask`` [B] f32; with ``state()``, ``stats``, ``num_examples``, ``batches_per_epoch``.
+
+    Raises:
+        DataError: no such split / files, an empty split, fewer shards than hosts, bad arguments.
+    """
+    if batch_size < 1 or clip_samples < 1:
+        raise DataError(f"batch_size and clip_samples must be positive, got {batch_size}, {clip_samples}")
+    if sampling not in ("uniform", "balanced"):
+        raise DataError(f"sampling must be 'uniform' or 'balanced', got {sampling!r}")
+    if sampling == "balanced" and not training:
+        raise DataError("balanced sampling is for training; evaluation reads every record once")
+    if pad_to_batches is not None and training:
+        raise DataError("pad_to_batches is for evaluation (training=False)")
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise DataError(f"process_index {process_index} not in [0, {process_count})")
+
+    stats = ReaderStats()
+    data = os.fspath(data)
+    shards, meta = _find_shards(data, split, strict, stats)
+    if len(shards) < process_count:
+        raise DataError(
+            f"split {split!r} has {len(shards)} readable shard(s) for {process_count} hosts: each host needs at "
+            f"least one; rewrite it with num_shards a multiple of {process_count}"
+        )
+    if len(shards) % process_count:
+        logger.warning("split %r: %d shards over %d hosts: hosts read unequal amounts", split, len(shards), process_count)
+    host = shards[process_index::process_count]
+
+    label_names = meta["label_names"] if meta is not None else None
+    if n_classes is None:
+        if label_names is None:
+            raise DataError(f"{data}: no metadata to take the class count from; pass n_classes=")
+        n_classes = len(label_names)
+    if encoding is None:
+        encoding = meta["encoding"] if meta is not None else "auto"
+    if meta is not None and int(meta["sample_rate"]) != sample_rate:
+        raise DataError(f"{data} holds {meta['sample_rate']} Hz audio; the reader was asked for {sample_rate} Hz")
+
+    host_weights = None
+    if sampling == "balanced":
+        if weights is not None:
+            weights = np.asarray(weights, np.float64)
+            if any(s.global_base is None for s in shards):
+                raise DataError("per-record weights need the split's metadata (record order); use a dataset folder")
+        else:
+            if meta is not None:
+                folder = data if os.path.isdir(data) else os.path.dirname(data)
+                offsets, values = _load_split_labels(folder, meta, split)
+                lists = [values[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+            else:
+                logger.info("no labels file: reading the labels of all %d shard(s) for balanced weights", len(shards))
+                lists = _scan_labels([s.path for s in shards], [s.readable for s in shards])
+                base = 0
+                for s in shards:
+                    s.global_base, base = base, base + s.readable
+            weights = label_balanced_weights(lists, n_classes)
+        host_weights = np.concatenate(
+            [weights[s.global_base:s.global_base + s.readable] for s in host]
+        ) if host else np.zeros(0)
+        if not host_weights.size or host_weights.sum() <= 0:
+            raise DataError(f"host {process_index}: all its records have weight 0 (no labels?)")
+
+    it = AudioBatchIterator(
+        host, meta, data, split, batch_size, clip_samples, training, seed, process_index, process_count, repeat,
+        sampling, host_weights, n_classes, label_names, encoding, sample_rate, shuffle_buffer, cycle_length,
+        prefetch, strict, pad_to_batches, stats,
+    )
+    if it.num_examples == 0:
+        raise DataError(f"split {split!r}: host {process_index} has no readable record")
+    if state is not None:
+        it._restore(state)
+    elif skip_batches:
+        it._skip(skip_batches)
+    return it
+
+
+def host_example_counts(data: Union[str, os.PathLike], split: str, process_count: int) -> list[int]:
+    """Records each host will read (from the metadata, no scan): for sizing evaluation so that every host runs
+    ``ceil(max(counts) / batch_size)`` steps (pass it as ``pad_to_batches``)."""
+    meta = _load_meta(os.fspath(data))
+    if meta is None or split not in meta["splits"]:
+        raise DataError(f"no metadata for split {split!r} in {data}")
+    lengths = meta["splits"][split]["shard_lengths"]
+    return [int(sum(lengths[i::process_count])) for i in range(process_count)]
+
+
+def to_global(batch: Mapping[str, Any], sharding: Any) -> dict:
+    """Host-local numpy batch -> global ``jax.Array`` s via ``jax.make_array_from_process_local_data``.
+
+    Args:
+        batch: a dict from :class:`AudioBatchIterator` (each host passes its own).
+        sharding: a ``jax.sharding.Sharding`` for every array (e.g. ``NamedSharding(mesh, P("data"))``, which
+            splits the leading batch axis), or a dict key -> sharding.
+
+    Returns:
+        the same dict with numeric arrays replaced by global arrays (leading dimension = sum over hosts); string
+        arrays (``id``) stay host-local numpy.
+    """
+    import jax
+
+    out = {}
+    for key, value in batch.items():
+        arr = np.asarray(value)
+        if arr.dtype.kind in "biuf":
+            s = sharding[key] if isinstance(sharding, Mapping) else sharding
+            out[key] = jax.make_array_from_process_local_data(s, arr)
+        else:
+            out[key] = value
+    return out
