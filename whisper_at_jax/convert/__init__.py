@@ -220,6 +220,9 @@ def _resolve(name_or_path: str | os.PathLike) -> Loaded:
             return _hf(p)
         raise CheckpointError(f"{p}: not a recognised checkpoint folder (expected our config.json + "
                               f"params.safetensors, a CTranslate2 model.bin, or a Hugging Face config.json + weights)")
+    if p.name in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json") and \
+            (p.parent / "config.json").is_file():
+        return _hf(p.parent)  # a Hugging Face weight file named directly: read its folder
     if p.name == "model.bin":
         return _ct2(p.parent, [p], f"ctranslate2:{p}")
     if p.suffix in (".pt", ".pth"):

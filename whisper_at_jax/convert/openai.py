@@ -156,8 +156,11 @@ def torch_load_safely(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: refused to load: the file holds objects other than tensors and plain "
-                              f"containers (weights_only=True): {str(e).splitlines()[0]}") from e
+        # torch's message advises retrying with weights_only=False; we never do. Keep only what it found.
+        found = [ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
+        raise CheckpointError(f"{path}: refused to load: the file holds pickled objects other than tensors and "
+                              f"plain containers (possibly code), and checkpoints are only read with "
+                              f"torch.load(weights_only=True)" + (f" [{found[0]}]" if found else "")) from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {str(e).splitlines()[0]}") from e
 
