@@ -73,6 +73,7 @@ def main() -> None:
             t0 = time.perf_counter()
             jax.block_until_ready(fn())
             notes[name] = f"compile+first {time.perf_counter() - t0:.1f} s"
+            print(name, notes[name], flush=True)
             fns[name] = (lambda fn=fn: jax.block_until_ready(fn()), b)
 
     if not args.skip_torch:
@@ -82,7 +83,7 @@ def main() -> None:
         dev = "cuda" if torch.cuda.is_available() else "cpu"
         sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
         t_enc = TorchEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head,
-                             dims.n_audio_layer).to(dev).half().eval()
+                             dims.n_audio_layer).to(dev).eval()  # fp32 params, fp16 input: openai-whisper's fp16 mode
         t_head = ATModel(527, dims.n_audio_layer, dims.n_audio_state, args.mode).to(dev).eval()
         t_mel = torch.from_numpy(mel_np).to(dev).half()
 
