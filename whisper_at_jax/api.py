@@ -90,6 +90,18 @@ class WhisperModel:
             out = jax.tree.map(lambda x: x[0], out)
         return out
 
+    def transcribe(self, audio: Any, **options: Any) -> dict:
+        """Transcript (+ sound tags with ``at_time_res``): see :func:`whisper_at_jax.transcribe.transcribe`."""
+        from .transcribe import transcribe
+
+        return transcribe(self, audio, **options)
+
+    def tag(self, audio: Any, **options: Any) -> dict:
+        """Sound tags only, no decoder: see :func:`whisper_at_jax.transcribe.tag`."""
+        from .transcribe import tag
+
+        return tag(self, audio, **options)
+
     def save(self, out_dir: str | os.PathLike, overwrite: bool = False, dtype: str = "float32") -> None:
         """Write our checkpoint format (see ``whisper_at_jax.convert.checkpoint``)."""
         if self.tokenizer_file is None:
