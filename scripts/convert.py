@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         if out.exists() and not args.overwrite:
             raise ValueError(f"{out} already exists (pass --overwrite to replace it)")
+        if (args.labels or args.head_mode) and not args.head:
+            raise ValueError("--labels / --head-mode need --head")
         if args.tokenizer and not Path(args.tokenizer).is_file():
             raise ValueError(f"--tokenizer {args.tokenizer}: no such file")
 
@@ -76,12 +79,14 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             log(f"reading head {args.head}")
             labels = read_labels(args.labels) if args.labels else None
-            head_params, head_config = load_at_head(args.head, loaded.dims, mode=args.head_mode, labels=labels)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                head_params, head_config = load_at_head(args.head, loaded.dims, mode=args.head_mode, labels=labels)
+            for w in caught:
+                _log(f"  warning: {w.message}")
             n_head = sum(int(v.size) for v in flatten(head_params).values())
             log(f"  head {head_config['mode']}: {n_head / 1e6:.2f} M params, {head_config['n_classes']} classes "
                 f"[{time.perf_counter() - t:.1f} s]")
-        elif args.labels or args.head_mode:
-            raise ValueError("--labels / --head-mode need --head")
 
         tokenizer = args.tokenizer
         if tokenizer is None:

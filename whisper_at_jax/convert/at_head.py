@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -84,6 +85,7 @@ def _from_torch(path: Path, dims: ModelDimensions, mode: str | None) -> tuple[di
     sd = {k: _to_numpy(v) for k, v in sd.items()}
     released = _RELEASED.match(path.name)
     try:
+        assumed = mode is None
         if mode is None:
             mode = infer_head_mode(sd, n_layers=dims.n_audio_layer)
         head_params = head_params_from_torch(sd, mode, n_layers=dims.n_audio_layer)
@@ -104,6 +106,12 @@ def _from_torch(path: Path, dims: ModelDimensions, mode: str | None) -> tuple[di
             raise CheckpointError(f"{path}: a released '{released.group(3)}' head should be {expect}_*, "
                                   f"but its tensors say {mode!r}")
     _check_against_dims(path, mode, width, n_layers, dims)
+    if assumed and not released and "_tr_" in mode:
+        # Attention head counts change no tensor shape, so a .pth cannot tell them; a wrong count gives a loadable
+        # head that computes something else.
+        warnings.warn(f"{path.name}: attention head counts are not stored in a .pth; assuming the released heads' "
+                      f"(mode {mode!r}). Pass the mode (--head-mode / mode=) if it was trained with others.",
+                      UserWarning, stacklevel=3)
     return head_params, {"mode": mode, "n_classes": n_classes, "n_layers": dims.n_audio_layer, "width": width,
                          "source": str(path)}
 
