@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Transcribe audio files and tag their sounds (Whisper-AT) with one encoder pass per window.
+
+    python scripts/infer.py AUDIO... [--model tiny.en] [--head PATH] [--language en] [--task transcribe]
+        [--beam-size 5] [--temperature 0] [--mode sequential|batched] [--batch-size 8] [--dtype float32]
+        [--output-dir .] [--output-format txt|json|srt|vtt|tsv|all] [--at-time-res 10] [--top-k 5]
+        [--threshold 0.5] [--tags-only]
+
+Prints each file's transcript (``[start --> end] text``) and, per tag row, the top tags with their
+probabilities; writes the chosen output files. The model is loaded once and its compiled functions serve every
+file. A file that cannot be read or transcribed is reported and skipped; the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from whisper_at_jax.outputs import FORMATS
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("audio", nargs="+", help="audio file(s) (wav, flac, ogg, mp3, ...)")
+    ap.add_argument("--model", default="tiny.en", help="tiny.en, base, or a checkpoint path (ours, .pt, HF, CT2)")
+    ap.add_argument("--head", default=None, help="Whisper-AT head: {size}_ori.pth / {size}_low.pth or our checkpoint")
+    ap.add_argument("--language", default=None, help="language code or name (default: detect; en for .en models)")
+    ap.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
+    ap.add_argument("--beam-size", type=int, default=None, help="beam search width (temperature 0 only)")
+    ap.add_argument("--best-of", type=int, default=None, help="samples per window at temperature > 0")
+    ap.add_argument("--temperature", type=float, default=0.0, help="first temperature")
+    ap.add_argument("--temperature-increment-on-fallback", type=float, default=0.2,
+                    help="fallback step up to 1.0 (use 0 for no fallback)")
+    ap.add_argument("--mode", default="sequential", choices=["sequential", "batched"])
+    ap.add_argument("--batch-size", type=int, default=8, help="windows per batch (batched mode, tagging)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
+    ap.add_argument("--output-dir", "-o", default=".", help="where output files go")
+    ap.add_argument("--output-format", "-f", default="txt", choices=FORMATS)
+    ap.add_argument("--at-time-res", type=float, default=10.0, help="seconds per tag row (multiple of 0.4)")
+    ap.add_argument("--top-k", type=int, default=5, help="tags shown per row")
+    ap.add_argument("--threshold", type=float, default=None,
+                    help="show tags with probability above this (default: whisper-at's logit > -1, p > 0.27)")
+    ap.add_argument("--tags-only", action="store_true", help="sound tags only, no transcript (no decoder)")
+    ap.add_argument("--no-tags", action="store_true", help="transcript only, even with a head")
+    ap.add_argument("--quiet", action="store_true", help="do not print transcripts and tags")
+    args = ap.parse_args(argv)
+    if args.batch_size < 1:
+        ap.error("--batch-size must be >= 1")
+    if args.top_k < 1:
+        ap.error("--top-k must be >= 1")
+    if args.threshold is not None and not 0.0 < args.threshold < 1.0:
+        ap.error("--threshold is a probability in (0, 1)")
+    if args.beam_size is not None and args.beam_size < 1:
+        ap.error("--beam-size must be >= 1")
+    if args.tags_only and args.no_tags:
+        ap.error("--tags-only and --no-tags exclude each other")
+    return args
+
+
+def _temperatures(start: float, step: float) -> tuple[float, ...]:
+    if step and step > 0:
+        temps, t = [], start
+        while t <= 1.0 + 1e-6:
+            temps.append(round(t, 6))
+            t += step
+        return tuple(temps) or (start,)
+    return (start,)
+
+
+def _print_result(path: str, result: dict, args: argparse.Namespace) -> None:
+    from whisper_at_jax.outputs import format_timestamp
+    from whisper_at_jax.transcribe import parse_at_label, sigmoid
+
+    print(f"== {path}")
+    for s in result.get("segments", []):
+        print(f"[{format_timestamp(s['start'])} --> {format_timestamp(s['end'])}] {s['text'].strip()}")
+    if "audio_tag" in result:
+        kw = {"p_threshold_prob": args.threshold} if args.threshold is not None else {}
+        duration = result.get("duration")
+        for row in parse_at_label(result, top_k=args.top_k, **kw):
+            start, end = row["time"]["start"], row["time"]["end"]
+            if duration is not None:
+                end = min(end, duration)
+            tags = ", ".join(f"{n} ({float(sigmoid(v)):.2f})" for n, v in row["audio tags"]) or "-"
+            print(f"[{format_timestamp(start)} --> {format_timestamp(end)}] tags: {tags}")
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+
+    import whisper_at_jax as wat
+    from whisper_at_jax.audio import AudioError
+    from whisper_at_jax.convert import CheckpointError
+    from whisper_at_jax.outputs import get_writer
+    from whisper_at_jax.transcribe import TranscribeError, tag, transcribe
+
+    t0 = time.perf_counter()
+    try:
+        model = wat.load_model(args.model, dtype=args.dtype, at_head=args.head if args.head else None)
+    except (CheckpointError, ValueError, OSError) as e:
+        print(f"error: cannot load model {args.model!r}: {e}", file=sys.stderr)
+        return 2
+    has_head = getattr(model, "head_params", None) is not None
+    if args.tags_only and not has_head:
+        print("error: --tags-only needs a Whisper-AT head (--head PATH)", file=sys.stderr)
+        return 2
+    want_tags = has_head and not args.no_tags
+    try:
+        from whisper_at_jax.transcribe import at_time_res_steps
+
+        if want_tags:
+            at_time_res_steps(args.at_time_res)
+    except TranscribeError as e:
+        print(f"error: --at-time-res: {e}", file=sys.stderr)
+        return 2
+    os.makedirs(args.output_dir, exist_ok=True)
+    writer = get_writer(args.output_format, args.output_dir)
+    print(f"model {args.model} loaded in {time.perf_counter() - t0:.1f} s"
+          + (f" with head {model.head_config.get('mode')}" if has_head else " (no tagging head)"), file=sys.stderr)
+
+    decode_options = {"task": args.task}
+    if args.language:
+        decode_options["language"] = args.language
+    if args.beam_size:
+        decode_options["beam_size"] = args.beam_size
+    if args.best_of:
+        decode_options["best_of"] = args.best_of
+    temperatures = _temperatures(args.temperature, args.temperature_increment_on_fallback)
+    at_time_res = args.at_time_res if want_tags else None
+    writer_options = {"top_k": args.top_k}
+    if args.threshold is not None:
+        import math
+
+        writer_options["p_threshold"] = math.log(args.threshold / (1.0 - args.threshold))
+        writer_options["tag_threshold"] = args.threshold
+    failures = 0
+    files = args.audio
+    bar = tqdm(files, unit="file", file=sys.stderr, disable=len(files) < 2) if tqdm else files
+    for path in bar:
+        t = time.perf_counter()
+        try:
+            if args.tags_only:
+                result = tag(model, path, at_time_res=args.at_time_res, batch_size=args.batch_size)
+                result.setdefault("segments", [])
+                result.setdefault("text", "")
+            else:
+                result = transcribe(model, path, temperature=temperatures, mode=args.mode,
+                                    batch_size=args.batch_size, at_time_res=at_time_res, **decode_options)
+            writer(result, path, writer_options)
+        except (AudioError, TranscribeError, ValueError, OSError) as e:
+            failures += 1
+            print(f"error: {path}: {e}", file=sys.stderr)
+            continue
+        if not args.quiet:
+            if tqdm and len(files) > 1:
+                bar.clear()
+            _print_result(path, result, args)
+        print(f"{path}: {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    if failures:
+        print(f"{failures} of {len(files)} file(s) failed", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
