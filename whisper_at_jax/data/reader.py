@@ -114,6 +114,7 @@ class ReaderStats:
     bad_ids: dict = dataclasses.field(default_factory=dict)  # id -> reason
     truncated_shards: list = dataclasses.field(default_factory=list)
     lost_records: int = 0  # records of cut-short shards that cannot be read
+    unreadable_records: int = 0  # stream records lost to damaged shard data (CRC errors), counted per epoch
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
     def _bad(self, clip_id: str, reason: str) -> None:
@@ -300,6 +301,8 @@ class AudioBatchIterator:
         self._epoch_batches = 0
         self._done = False
         self._bad_at_epoch_start = 0
+        self._seen_at_epoch_start = 0
+        self._epoch_start_offset = 0
         self._strict_error: Optional[BaseException] = None
         self._warned_skip = False
         self._skip_arithmetic = False
@@ -501,6 +504,8 @@ class AudioBatchIterator:
                 self._it = iter(self.epoch_dataset(self._epoch, self._offset).as_numpy_iterator())
                 self._epoch_batches = 0
                 self._bad_at_epoch_start = self.stats.bad_records
+                self._seen_at_epoch_start = self.stats.bad_records + self.stats.records_ok
+                self._epoch_start_offset = self._offset
             try:
                 raw = next(self._it)
             except StopIteration:
@@ -530,6 +535,17 @@ class AudioBatchIterator:
 
     def _end_of_epoch(self) -> None:
         bad = self.stats.bad_records - self._bad_at_epoch_start
+        # Every record of the epoch's stream reaches the decoder before the iterator ends, so a shortfall is
+        # records TF could not read: a CRC error ends that shard's stream (tf.data cannot resynchronise).
+        seen = self.stats.bad_records + self.stats.records_ok - self._seen_at_epoch_start
+        expected = int(self.epoch_counts(self._epoch).sum()) - self._epoch_start_offset
+        if seen < expected:
+            with self.stats._lock:
+                self.stats.unreadable_records += expected - seen
+            logger.warning(
+                "split %r epoch %d: %d record(s) of the stream could not be read (damaged shard data: a record "
+                "failed its CRC and the rest of that shard was skipped)", self.split, self._epoch, expected - seen,
+            )
         if bad:
             logger.warning(
                 "split %r epoch %d: skipped %d corrupt record(s) (distinct so far: %d, first: %s)",
