@@ -555,6 +555,10 @@ def _bad_input(kind: str, ref, state_dict, work: Path) -> tuple[Path, str]:
     if kind == "not_a_checkpoint":
         (d / "notes.txt").write_text("hello")
         return d, r"bad_not_a_checkpoint: not a recognised checkpoint folder"
+    if kind == "truncated_pt":
+        data = (work / "pt" / "tiny.en.pt").read_bytes()
+        (d / "cut.pt").write_bytes(data[: len(data) // 2])
+        return d / "cut.pt", r"cut\.pt: not a readable PyTorch checkpoint \(corrupt or truncated\?\)"
     if kind == "hf_truncated":
         shutil.copyfile(work / "hf" / "config.json", d / "config.json")
         data = (work / "hf" / "model.safetensors").read_bytes()
@@ -563,12 +567,12 @@ def _bad_input(kind: str, ref, state_dict, work: Path) -> tuple[Path, str]:
     raise AssertionError(kind)
 
 
-BAD = ["truncated", "missing", "misshapen", "pickled_callable", "empty_pt", "empty_model_bin", "not_a_checkpoint",
+BAD = ["truncated", "truncated_pt", "missing", "misshapen", "pickled_callable", "empty_pt", "empty_model_bin", "not_a_checkpoint",
        "hf_truncated"]
 
 
 @pytest.mark.parametrize("kind", BAD)
-def test_bad_input(kind, ref, state_dict, hf_dir, ours_dir, work, capsys):
+def test_bad_input(kind, ref, state_dict, pt_file, hf_dir, ours_dir, work, capsys):
     # scripts/convert.py's main() in process: `python scripts/convert.py` exits with what it returns (the
     # subprocess runs above cover the process level)
     src, pattern = _bad_input(kind, ref, state_dict, work)

@@ -74,11 +74,14 @@ def dims_from_hf_config(config: dict[str, Any], path: str = "config.json") -> di
     missing = sorted({hf for hf in fields.values() if hf not in config})
     if missing:
         raise CheckpointError(f"{path}: not a Whisper config (missing {', '.join(missing)})")
-    dims = {ours: int(config[hf]) for ours, hf in fields.items()}
+    try:
+        dims = {ours: int(config[hf]) for ours, hf in fields.items()}
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: a Whisper size field is not an integer: {e}") from e
     d = dims["n_audio_state"]
     # openai-whisper's blocks fix the MLP at 4 x width and use exact GELU; other values cannot be represented.
     for key in ("encoder_ffn_dim", "decoder_ffn_dim"):
-        if key in config and int(config[key]) != 4 * d:
+        if key in config and config[key] != 4 * d:
             raise CheckpointError(f"{path}: {key} = {config[key]}, but Whisper's MLP width is 4 x d_model = {4 * d}")
     act = config.get("activation_function", "gelu")
     if act != "gelu":

@@ -156,13 +156,21 @@ def torch_load_safely(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "weights only load failed" not in str(e).lower():
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {_first_line(e)}") from e
         # torch's message advises retrying with weights_only=False; we never do. Keep only what it found.
         found = [ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
         raise CheckpointError(f"{path}: refused to load: the file holds pickled objects other than tensors and "
                               f"plain containers (possibly code), and checkpoints are only read with "
                               f"torch.load(weights_only=True)" + (f" [{found[0]}]" if found else "")) from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {str(e).splitlines()[0]}") from e
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError/KeyError/EOFError/... on corrupt files
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): "
+                              f"{type(e).__name__}: {_first_line(e)}") from e
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:300] if lines else type(e).__name__
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -177,5 +185,11 @@ def load_openai_pt(path: str | os.PathLike) -> tuple[dict[str, int], dict[str, n
     if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
         raise CheckpointError(f"{path}: not an openai-whisper checkpoint (expected a dict with 'dims' and "
                               f"'model_state_dict')")
-    sd = {k: _to_numpy(v) for k, v in ckpt["model_state_dict"].items()}
+    if not isinstance(ckpt["dims"], dict) or not isinstance(ckpt["model_state_dict"], dict):
+        raise CheckpointError(f"{path}: 'dims' and 'model_state_dict' must be dicts")
+    sd = {}
+    for k, v in ckpt["model_state_dict"].items():
+        if not hasattr(v, "shape"):
+            raise CheckpointError(f"{path}: entry {k!r} of model_state_dict is not a tensor ({type(v).__name__})")
+        sd[k] = _to_numpy(v)
     return dict(ckpt["dims"]), sd
