@@ -1,0 +1,91 @@
+"""scripts/infer.py end to end in a subprocess: several files in one call (one model load), a bad file among
+them, tags from a head given with --head, every output format, --tags-only."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_infer(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "infer.py"), *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, speech, tiny_en):
+    """Two speech files (wav, flac), a non-audio file, and a random TL-TR head in whisper-at's .pth format."""
+    import soundfile as sf
+    import torch
+
+    try:
+        from whisper_at_jax.heads import head_params_to_torch, init_head, make_head
+    except ImportError:
+        pytest.skip("whisper_at_jax.heads is not available yet")
+    import jax
+
+    d = tmp_path_factory.mktemp("infer")
+    sf.write(d / "one.wav", speech, 16000)
+    sf.write(d / "two.flac", np.concatenate([np.zeros(16000, np.float32), 0.7 * speech]), 16000)
+    (d / "broken.mp3").write_text("not audio at all\n")
+    head = make_head("tl_tr_1_8", tiny_en.dims.n_audio_layer, tiny_en.dims.n_audio_state)
+    params = init_head(head, jax.random.PRNGKey(0))
+    torch.save({k: torch.from_numpy(np.array(v)) for k, v in head_params_to_torch(params).items()}, d / "head.pth")
+    return d
+
+
+def test_many_files_one_call(files, tmp_path):
+    from whisper_at_jax.transcribe import transcribe
+
+    out = tmp_path / "out"
+    p = run_infer(str(files / "one.wav"), str(files / "broken.mp3"), str(files / "two.flac"),
+                  "--head", str(files / "head.pth"), "--at-time-res", "2", "--top-k", "3",
+                  "--output-format", "all", "--output-dir", str(out))
+    print(p.stdout[-3000:], p.stderr[-3000:])
+    assert p.returncode == 1  # one file failed
+    assert "broken.mp3" in p.stderr and "Traceback" not in p.stderr
+    assert "1 of 3 file(s) failed" in p.stderr
+    assert p.stderr.count("loaded in") == 1  # one model load for all files
+    for stem in ("one", "two"):
+        names = sorted(f.name for f in out.glob(stem + ".*"))
+        assert names == [f"{stem}.{e}" for e in ("json", "srt", "tsv", "txt", "vtt")]
+        data = json.loads((out / f"{stem}.json").read_text())
+        assert data["text"].strip() and len(data["audio_tag"][0]) == 527 and data["at_time_res"] == 2.0
+        assert len(data["audio_tags"]) == len(data["audio_tag"])
+    assert not list(out.glob("broken.*"))
+    # the printed transcript is the library's
+    ref = transcribe(__import__("whisper_at_jax").load_model("tiny.en", at_head=False), str(files / "one.wav"))
+    for seg in ref["segments"]:
+        assert seg["text"].strip() in p.stdout
+    assert "== " + str(files / "one.wav") in p.stdout
+    assert p.stdout.count("tags: ") == 7 + 8  # ceil(13.85 / 2) + ceil(14.85 / 2) rows
+    assert "(0." in p.stdout or "(1.00)" in p.stdout  # probabilities printed
+
+
+def test_tags_only_and_errors(files, tmp_path):
+    out = tmp_path / "tags"
+    p = run_infer(str(files / "one.wav"), "--head", str(files / "head.pth"), "--tags-only",
+                  "--output-format", "json", "--output-dir", str(out), "--threshold", "0.2")
+    assert p.returncode == 0, p.stderr
+    data = json.loads((out / "one.json").read_text())
+    assert data["segments"] == [] and len(data["audio_tag"]) == 2  # ceil(13.85 / 10)
+    assert p.stdout.count("tags: ") == 2
+    # no head: --tags-only is refused with a message (unless a default head ships with tiny.en); a bad
+    # resolution likewise
+    from whisper_at_jax import convert
+
+    if convert.resolve("tiny.en").head_params is None:
+        p = run_infer(str(files / "one.wav"), "--tags-only")
+        assert p.returncode == 2 and "--tags-only needs" in p.stderr
+    p = run_infer(str(files / "one.wav"), "--head", str(files / "head.pth"), "--at-time-res", "1.0")
+    assert p.returncode == 2 and "multiple of 0.4" in p.stderr
+    p = run_infer(str(files / "missing.wav"), "--output-dir", str(tmp_path / "x"))
+    assert p.returncode == 1 and "missing.wav" in p.stderr and "Traceback" not in p.stderr
