@@ -35,8 +35,8 @@ def _log(msg: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("src", help="model name (tiny.en, base) or path: .pt, Hugging Face / CTranslate2 folder, model.bin, "
-                                "or a whisper-at-jax checkpoint")
+    ap.add_argument("src", help="model name (tiny.en, base) or path: .pt, Hugging Face / CTranslate2 folder, "
+                                "model.bin, or a whisper-at-jax checkpoint")
     ap.add_argument("out", help="output checkpoint directory")
     ap.add_argument("--head", help="Whisper-AT head to attach: {size}_ori.pth / {size}_low.pth or our checkpoint")
     ap.add_argument("--head-mode", help="head mode when the tensors cannot tell (mean_* vs last_*), e.g. last_tr_8")

@@ -216,7 +216,9 @@ def test_ctranslate2_quantized_files(ref, ct2_dirs):
 
     fp32 = read_model_bin(ct2_dirs["float32"] / "model.bin")
     assert_params_equal(resolve(ct2_dirs["float32"]).params, ref.params)
-    report = {}
+    report: dict = {}
+    int8_raw: dict = {}  # filled by the int8 iteration, which comes before int8_float16
+    int8_expected: dict = {}
     for q in QUANTIZATIONS[1:]:
         raw = read_model_bin(ct2_dirs[q] / "model.bin")
         quantized = [k for k in raw if k + "_scale" in raw and raw[k].dtype in (np.int8, np.int16)]
@@ -252,7 +254,8 @@ def test_ctranslate2_quantized_files(ref, ct2_dirs):
             worst = max(worst, float(half_steps.max()))
             expected[name] = deq.reshape(arr.shape)
         if q == "int8":
-            int8_raw, int8_expected = raw, expected
+            int8_raw.update(raw)
+            int8_expected.update(expected)
         dims, sd = to_openai_state_dict(expected)
         loaded = resolve(ct2_dirs[q])
         assert loaded.tokenizer_file is not None  # CTranslate2 wrote vocabulary.json only: the embedded one
@@ -320,7 +323,8 @@ def test_read_safetensors_dtypes(work):
     from whisper_at_jax.convert.hf import read_safetensors
 
     g = torch.Generator().manual_seed(0)
-    tensors = {f"x_{dt}": torch.randn(3, 5, generator=g).to(dt) for dt in (torch.bfloat16, torch.float16, torch.float32)}
+    tensors = {f"x_{dt}": torch.randn(3, 5, generator=g).to(dt)
+               for dt in (torch.bfloat16, torch.float16, torch.float32)}
     path = work / "dtypes.safetensors"
     save_file(tensors, str(path))
     got = read_safetensors(path)
@@ -567,8 +571,8 @@ def _bad_input(kind: str, ref, state_dict, work: Path) -> tuple[Path, str]:
     raise AssertionError(kind)
 
 
-BAD = ["truncated", "truncated_pt", "missing", "misshapen", "pickled_callable", "empty_pt", "empty_model_bin", "not_a_checkpoint",
-       "hf_truncated"]
+BAD = ["truncated", "truncated_pt", "missing", "misshapen", "pickled_callable", "empty_pt", "empty_model_bin",
+       "not_a_checkpoint", "hf_truncated"]
 
 
 @pytest.mark.parametrize("kind", BAD)

@@ -26,6 +26,8 @@ __all__ = ["CheckpointError", "Loaded", "resolve", "save_checkpoint", "load_chec
            "save_head_checkpoint", "check_params"]
 
 _WHISPER_META_KEYS = ("suppress_ids", "suppress_ids_begin", "lang_ids", "alignment_heads")
+_HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+               "pytorch_model.bin.index.json")
 
 
 @dataclasses.dataclass
@@ -215,13 +217,11 @@ def _resolve(name_or_path: str | os.PathLike) -> Loaded:
                           config.get("whisper", {}), head, head_config)
         if (p / "model.bin").is_file():
             return _ct2(p, [p / "model.bin"], f"ctranslate2:{p}")
-        if (p / "config.json").is_file() and any(
-                (p / f).is_file() for f in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")):
+        if (p / "config.json").is_file() and any((p / f).is_file() for f in _HF_WEIGHTS):
             return _hf(p)
         raise CheckpointError(f"{p}: not a recognised checkpoint folder (expected our config.json + "
                               f"params.safetensors, a CTranslate2 model.bin, or a Hugging Face config.json + weights)")
-    if p.name in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json") and \
-            (p.parent / "config.json").is_file():
+    if p.name in _HF_WEIGHTS and (p.parent / "config.json").is_file():
         return _hf(p.parent)  # a Hugging Face weight file named directly: read its folder
     if p.name == "model.bin":
         return _ct2(p.parent, [p], f"ctranslate2:{p}")
