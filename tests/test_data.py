@@ -21,6 +21,7 @@ tfds = pytest.importorskip("tensorflow_datasets")
 from whisper_at_jax.data import (  # noqa: E402
     ClipRecord,
     DataError,
+    host_example_counts,
     label_balanced_weights,
     make_dataset,
     read_audioset_csv,
@@ -209,6 +210,14 @@ def test_esc50_source_and_missing_report(tmp_path, caplog):
     assert len(got) == 7
     got_eval, _ = _read_all(tmp_path / "out", "eval")
     assert sorted(got_eval) == ["4-103-A-0", "4-107-A-1"]
+    # Splits joined with '+' read as one (cross-validation: train on four folds, hold one out).
+    write_tfrecords(read_esc50_csv(tmp_path / "esc50.csv", audio, folds=[1, 2, 3]), tmp_path / "out", "f123", 2)
+    joined, _ = _read_all(tmp_path / "out", "f123+eval")
+    assert sorted(joined) == sorted(got)
+    assert host_example_counts(tmp_path / "out", "f123+eval", 1) == [7]
+    bal = make_dataset(tmp_path / "out", "f123+eval", 7, 4000, seed=1, process_index=0, process_count=1,
+                       sampling="balanced")
+    assert set(next(bal)["id"]) <= set(got)
 
 
 AUDIOSET_HEADER = (
@@ -403,6 +412,8 @@ def test_empty_split_and_bad_input_errors(tmp_path, flac_ds, clips):
     with pytest.raises(DataError, match="is empty"):
         make_dataset(str(tmp_path / "e-train.tfrecord-*"), "train", 4, 8000, process_index=0, process_count=1,
                      n_classes=3)
+    with pytest.raises(DataError, match="fewer than batch_size 13"):
+        make_dataset(flac_ds, "train", 13, 8000, process_index=0, process_count=1)
     with pytest.raises(DataError, match="no clips to write"):
         write_tfrecords([], tmp_path / "o", "eval", 1, label_names=NAMES, missing=["x"])
     with pytest.raises(DataError, match="label index 5 outside"):

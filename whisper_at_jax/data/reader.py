@@ -170,40 +170,52 @@ def _scan_records(path: str) -> tuple[int, bool]:
     return n, False
 
 
+def _split_names(split: str) -> list[str]:
+    names = [x.strip() for x in split.split("+")]
+    if not all(names) or len(set(names)) != len(names):
+        raise DataError(f"bad split expression {split!r}: use names joined by '+', each once (e.g. 'fold1+fold2')")
+    return names
+
+
 def _find_shards(data: str, split: str, strict: bool, stats: ReaderStats) -> tuple[list[_Shard], Optional[dict]]:
-    """All shards of the split in order, with how many records of each can be read."""
+    """All shards of the split (or of ``a+b+...``, concatenated in that order), with how many records of each can
+    be read. ``global_base`` indexes the concatenation of the splits' labels files (None without metadata)."""
     gf = _gfile()
     data = os.fspath(data)
     meta = None
+    entries: list[tuple[str, Optional[int], Optional[int]]] = []  # (path, expected records, expected bytes)
     if gf.isdir(data):
         meta = _load_meta(data)
         if meta is not None:
-            if split not in meta["splits"]:
-                raise DataError(f"split {split!r} not in {data}; it has {sorted(meta['splits'])}")
-            info = meta["splits"][split]
-            n = len(info["shard_lengths"])
-            paths = [os.path.join(data, shard_name(meta["name"], split, i, n)) for i in range(n)]
+            for sp in _split_names(split):
+                if sp not in meta["splits"]:
+                    raise DataError(f"split {sp!r} not in {data}; it has {sorted(meta['splits'])}")
+                info = meta["splits"][sp]
+                n = len(info["shard_lengths"])
+                entries += [(os.path.join(data, shard_name(meta["name"], sp, i, n)), int(info["shard_lengths"][i]),
+                             int(info["shard_bytes"][i])) for i in range(n)]
         else:
-            paths = sorted(gf.glob(os.path.join(data, f"*-{split}.tfrecord*")))
-            if not paths:
-                raise DataError(f"no TFRecord shards of split {split!r} in {data} (expected *-{split}.tfrecord-*)")
+            for sp in _split_names(split):
+                paths = sorted(gf.glob(os.path.join(data, f"*-{sp}.tfrecord*")))
+                if not paths:
+                    raise DataError(f"no TFRecord shards of split {sp!r} in {data} (expected *-{sp}.tfrecord-*)")
+                entries += [(p, None, None) for p in paths]
     else:
         paths = sorted(gf.glob(data))
         if not paths:
             raise DataError(f"no files match {data!r}")
+        entries = [(p, None, None) for p in paths]
         folder = os.path.dirname(paths[0])
         cand = _load_meta(folder) if all(os.path.dirname(p) == folder for p in paths) else None
         if cand is not None and split in cand["splits"]:
-            n = len(cand["splits"][split]["shard_lengths"])
+            info = cand["splits"][split]
+            n = len(info["shard_lengths"])
             if paths == [os.path.join(folder, shard_name(cand["name"], split, i, n)) for i in range(n)]:
                 meta = cand
+                entries = [(p, int(info["shard_lengths"][i]), int(info["shard_bytes"][i])) for i, p in enumerate(paths)]
     shards: list[_Shard] = []
     base = 0
-    for i, p in enumerate(paths):
-        expected = expected_bytes = None
-        if meta is not None:
-            expected = int(meta["splits"][split]["shard_lengths"][i])
-            expected_bytes = int(meta["splits"][split]["shard_bytes"][i])
+    for p, expected, expected_bytes in entries:
         if not gf.exists(p):
             msg = f"shard {p} is missing" + (f" ({expected} records lost)" if expected is not None else "")
             if strict:
@@ -231,7 +243,7 @@ def _find_shards(data: str, split: str, strict: bool, stats: ReaderStats) -> tup
         shards.append(_Shard(p, readable, base if meta is not None else None))
         base += expected if expected is not None else readable
     if sum(s.readable for s in shards) == 0:
-        raise DataError(f"split {split!r} of {data} is empty: no readable record in {len(paths)} shard(s)")
+        raise DataError(f"split {split!r} of {data} is empty: no readable record in {len(entries)} shard(s)")
     return shards, meta
 
 
@@ -592,7 +604,8 @@ def make_dataset(
     Args:
         data: the dataset folder, or a glob of TFRecord files (then ``encoding`` and ``n_classes`` are needed
             unless the files are a full split of a folder with our metadata).
-        split: the split to read.
+        split: the split to read, or several joined by ``+`` (e.g. ``"fold1+fold2+fold3+fold4"`` for ESC-50
+            cross-validation), read as one.
         batch_size: examples per batch on this host (global batch = ``batch_size * process_count``).
         clip_samples: samples per example: longer clips are cropped (randomly in training, from the start in
             evaluation), shorter ones zero-padded at the end.
@@ -671,8 +684,10 @@ def make_dataset(
         else:
             if meta is not None:
                 folder = data if os.path.isdir(data) else os.path.dirname(data)
-                offsets, values = _load_split_labels(folder, meta, split)
-                lists = [values[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+                lists = []
+                for sp in _split_names(split):
+                    offsets, values = _load_split_labels(folder, meta, sp)
+                    lists += [values[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
             else:
                 logger.info("no labels file: reading the labels of all %d shard(s) for balanced weights", len(shards))
                 lists = _scan_labels([s.path for s in shards], [s.readable for s in shards])
@@ -693,6 +708,11 @@ def make_dataset(
     )
     if it.num_examples == 0:
         raise DataError(f"split {split!r}: host {process_index} has no readable record")
+    if training and it.num_examples < batch_size:
+        raise DataError(
+            f"split {split!r}: host {process_index} reads {it.num_examples} record(s), fewer than batch_size "
+            f"{batch_size}; training drops partial batches, so no batch could ever be formed"
+        )
     if state is not None:
         it._restore(state)
     elif skip_batches:
@@ -704,9 +724,11 @@ def host_example_counts(data: Union[str, os.PathLike], split: str, process_count
     """Records each host will read (from the metadata, no scan): for sizing evaluation so that every host runs
     ``ceil(max(counts) / batch_size)`` steps (pass it as ``pad_to_batches``)."""
     meta = _load_meta(os.fspath(data))
-    if meta is None or split not in meta["splits"]:
-        raise DataError(f"no metadata for split {split!r} in {data}")
-    lengths = meta["splits"][split]["shard_lengths"]
+    lengths: list[int] = []
+    for sp in _split_names(split):
+        if meta is None or sp not in meta["splits"]:
+            raise DataError(f"no metadata for split {sp!r} in {data}")
+        lengths += meta["splits"][sp]["shard_lengths"]
     return [int(sum(lengths[i::process_count])) for i in range(process_count)]
 
 
