@@ -231,8 +231,9 @@ def _find_shards(data: str, split: str, strict: bool, stats: ReaderStats) -> tup
             readable, cut = _scan_records(p)
             if expected is not None and readable != expected or cut:
                 lost = (expected - readable) if expected is not None else None
-                msg = (f"shard {p} is cut short or damaged: {readable} complete record(s) readable"
-                       + (f" of {expected}; {lost} lost" if expected is not None else "; its partial last record is skipped"))
+                tail = (f" of {expected}; {lost} lost" if expected is not None
+                        else "; its partial last record is skipped")
+                msg = f"shard {p} is cut short or damaged: {readable} complete record(s) readable{tail}"
                 if strict:
                     raise DataError(msg)
                 logger.warning("%s", msg)
@@ -388,7 +389,7 @@ class AudioBatchIterator:
             n = pcm.shape[0]
             if n == 0:
                 raise DataError("no samples")
-            labels = np.asarray(feats["labels"].int64_list.value, np.int64) if "labels" in feats else np.zeros(0, np.int64)
+            labels = np.asarray(feats["labels"].int64_list.value if "labels" in feats else [], np.int64)
             if labels.size and (labels.min() < 0 or labels.max() >= self.n_classes):
                 raise DataError(f"label index outside the {self.n_classes} classes: {labels.tolist()}")
             start = 0
@@ -662,7 +663,8 @@ def make_dataset(
             f"least one; rewrite it with num_shards a multiple of {process_count}"
         )
     if len(shards) % process_count:
-        logger.warning("split %r: %d shards over %d hosts: hosts read unequal amounts", split, len(shards), process_count)
+        logger.warning("split %r: %d shards over %d hosts: hosts read unequal amounts", split, len(shards),
+                       process_count)
     host = shards[process_index::process_count]
 
     label_names = meta["label_names"] if meta is not None else None

@@ -237,7 +237,9 @@ def read_audioset_csv(
             try:
                 start, end = float(start_s), float(end_s)
             except ValueError:
-                raise DataError(f"{csv_path}:{lineno}: start/end seconds are not numbers: {start_s!r}, {end_s!r}")
+                raise DataError(
+                    f"{csv_path}:{lineno}: start/end seconds are not numbers: {start_s!r}, {end_s!r}"
+                ) from None
             if not end > start >= 0:
                 raise DataError(f"{csv_path}:{lineno}: need 0 <= start < end, got {start_s}, {end_s}")
             report.rows += 1
@@ -310,7 +312,9 @@ def read_esc50_csv(
             try:
                 fold, target = int(row["fold"]), int(row["target"])
             except (TypeError, ValueError):
-                raise DataError(f"{csv_path}:{lineno}: fold/target are not integers: {row['fold']!r}, {row['target']!r}")
+                raise DataError(
+                    f"{csv_path}:{lineno}: fold/target are not integers: {row['fold']!r}, {row['target']!r}"
+                ) from None
             if target < 0:
                 raise DataError(f"{csv_path}:{lineno}: negative target {target}")
             category = row["category"]
@@ -365,7 +369,10 @@ def read_label_csv(
         strict: raise on a missing clip or an unknown label instead of reporting it.
     """
     csv_path = _check_file(csv_path, "label CSV")
-    base = _check_dir(audio_dir, "audio folder") if audio_dir is not None else os.path.dirname(os.path.abspath(csv_path))
+    if audio_dir is not None:
+        base = _check_dir(audio_dir, "audio folder")
+    else:
+        base = os.path.dirname(os.path.abspath(csv_path))
     with open(csv_path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or not {"path", "labels"} <= {c.strip() for c in reader.fieldnames}:
@@ -415,7 +422,9 @@ def read_label_csv(
             if r.get("end"):
                 end = float(r["end"])
         except ValueError:
-            raise DataError(f"{csv_path}:{lineno}: start/end are not numbers: {r.get('start')!r}, {r.get('end')!r}")
+            raise DataError(
+                f"{csv_path}:{lineno}: start/end are not numbers: {r.get('start')!r}, {r.get('end')!r}"
+            ) from None
         if start is not None and end is not None and not end > start:
             raise DataError(f"{csv_path}:{lineno}: end {end} is not after start {start}")
         clip_id = r.get("id") or rel

@@ -397,7 +397,8 @@ def write_tfrecords(
             f" ({len(missing_pairs)} listed clip(s) missing on disk, first: {_first([m for m, _ in missing_pairs])})"
             if missing_pairs else ""))
     if strict and missing_pairs:
-        raise DataError(f"{len(missing_pairs)} clip(s) missing on disk (first: {_first([m for m, _ in missing_pairs])})")
+        shown = _first([m for m, _ in missing_pairs])
+        raise DataError(f"{len(missing_pairs)} clip(s) missing on disk (first: {shown})")
     for rec in records:
         bad = [x for x in rec.labels if not 0 <= int(x) < len(label_names)]
         if bad:
@@ -425,7 +426,8 @@ def write_tfrecords(
     chunks = np.array_split(order, int(num_shards))
     max_samples = None if clip_seconds is None else int(round(clip_seconds * sample_rate))
     paths = [os.path.join(out_dir, shard_name(name, split, i, int(num_shards))) for i in range(int(num_shards))]
-    jobs = [(p, [records[j] for j in c], int(sample_rate), encoding, max_samples, strict) for p, c in zip(paths, chunks)]
+    jobs = [(p, [records[j] for j in c], int(sample_rate), encoding, max_samples, strict)
+            for p, c in zip(paths, chunks)]
 
     if num_workers > 1 and len(jobs) > 1:
         import concurrent.futures
