@@ -28,7 +28,12 @@ _PID = flags.DEFINE_integer("process_id", None, "this process's index (multi-pro
 
 def main(argv):
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from absl import logging as absl_logging
+
+    # Orbax logs every save step at INFO through absl; keep ours at INFO and theirs at WARNING.
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("whisper_at_jax").setLevel(logging.INFO)
     from whisper_at_jax import parallel
 
     # Before anything touches a device.

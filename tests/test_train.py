@@ -244,26 +244,46 @@ def test_time_mask_zeroes_one_span_shared_by_layers_and_channels():
 
 @pytest.fixture(scope="module")
 def tone_data(tiny_en, tmp_path_factory):
-    """2-s clips of four sound classes, their tiny.en taps in a features folder (float32 and float16)."""
+    """2-s clips of four sound classes -> WAV files -> TFRecords (the data writer) -> tiny.en taps by
+    scripts/extract_features.py (float32; and the same taps stored as float16). Returns the clips as the reader
+    decodes them (16-bit FLAC round trip), their one-hot labels, ids, the features folder and the TFRecords."""
+    import soundfile as sf
+
+    from whisper_at_jax.data import ClipRecord, make_dataset, write_tfrecords
+
     audio, labels = make_sounds(16, 2.0, seed=0)
     d = tmp_path_factory.mktemp("tones")
-    meta = {"model": "tiny.en", "n_layers": 4, "width": 384, "steps": 10, "pool": 10,
-            "labels": ["low", "high", "noise", "clicks"]}
-    ids = [f"clip{i}" for i in range(len(audio))]
-    folds = np.arange(len(audio)) % 4 + 1  # fold 1 held out below: 16 clips, 4 per class
+    (d / "wav").mkdir()
+    records = []
+    for i, (x, y) in enumerate(zip(audio, labels)):
+        clip_id = f"f{i % 4 + 1}-clip{i:02d}"  # fold 1..4 in the id, as ESC-50 names its files
+        sf.write(d / "wav" / f"{clip_id}.wav", x, SR, subtype="PCM_16")
+        records.append(ClipRecord(clip_id, str(d / "wav" / f"{clip_id}.wav"), (int(np.argmax(y)),)))
+    names = ["low", "high", "noise", "clicks"]
+    write_tfrecords(records, d / "tfr", "train", num_shards=2, clip_seconds=2.0, label_names=names)
+    write_tfrecords(records[::4], d / "tfr", "eval", num_shards=1, clip_seconds=2.0, label_names=names)
 
-    def batches():
-        for i in range(0, len(audio), 16):
-            yield {"audio": audio[i:i + 16], "labels": labels[i:i + 16], "id": ids[i:i + 16],
-                   "fold": folds[i:i + 16]}
+    sys.path.insert(0, str(REPO / "scripts"))
+    import extract_features
 
-    w = T.FeatureWriter(d / "float32", "train", meta, shard_size=40, dtype="float32")
-    T.extract_features(tiny_en, batches(), w, pool=10, batch_size=16)
-    w.close()
-    src, _, f = T.open_features(d / "float32", "train")  # the same taps stored as float16 (the default)
+    assert extract_features.main(["--model", "tiny.en", "--tfrecords", str(d / "tfr"), "--split", "train",
+                                  "--out", str(d / "float32"), "--clip_seconds", "2", "--pool", "10", "--dtype",
+                                  "float32", "--batch_size", "16", "--fold_regex", r"^f(\d+)-"]) == 0
+    src, meta, folds = T.open_features(d / "float32", "train")
+    assert meta["steps"] == 10 and meta["labels"] == names and len(src) == 64
     w16 = T.FeatureWriter(d / "float16", "train", meta, shard_size=40, dtype="float16")
-    w16.add(src.x.take(np.arange(len(src))), src.labels, src.ids, f)
+    w16.add(src.x.take(np.arange(len(src))), src.labels, src.ids, folds)
     w16.close()
+    # The clips exactly as stored (the online path must see the same samples the features were made from).
+    by_id = {}
+    for b in make_dataset(d / "tfr", "train", batch_size=16, clip_samples=2 * SR, training=False, repeat=False):
+        for i, x, y, m in zip(b["id"], b["audio"], b["labels"], b["mask"]):
+            if m > 0.5:
+                by_id[str(i)] = (x, y)
+    ids = src.ids
+    assert sorted(ids) == sorted(by_id) and np.array_equal(folds, [int(i[1]) for i in ids])
+    audio = np.stack([by_id[i][0] for i in ids])
+    labels = np.stack([by_id[i][1] for i in ids])
     return audio, labels, ids, d
 
 
@@ -366,6 +386,56 @@ def test_head_learns_real_tiny_en_features(tone_data, tmp_path):
     assert r["averaged_epochs"] == 2
 
 
+def test_online_training_from_tfrecords_resumes_exports_and_evaluates(tiny_en, tone_data, tmp_path):
+    import whisper_at_jax as wat
+    from whisper_at_jax.data import make_dataset
+    from whisper_at_jax.evaluate import compute_metrics
+
+    _, _, _, d = tone_data
+    work = tmp_path / "run"
+    c = small_config(work, **{
+        "mode": "online", "data.tfrecords": str(d / "tfr"), "data.clip_seconds": 2.0, "data.pool": 10,
+        "data.balanced": True, "steps_per_epoch": 2, "epochs": 2, "checkpoint.every_steps": 2,
+        "log_example_ids": True, "export": True, "wa.start_epoch": 1, "wa.end_epoch": 3})
+    r1 = T.train(c, model=tiny_en)
+    assert r1["start_step"] == 0 and r1["total_steps"] == 4
+    c.epochs = 3
+    r2 = T.train(c, model=tiny_en)  # resumes at step 4 from the checkpoint, with the reader's saved position
+    assert r2["start_step"] == 4 and r2["averaged_epochs"] == 3
+    # Steps 1-6 read the batches an uninterrupted reader yields (balanced sampling, seed 0, one host).
+    it = make_dataset(d / "tfr", "train", batch_size=8, clip_samples=2 * SR, training=True, seed=0,
+                      sampling="balanced")
+    want = [[str(i) for i in next(it)["id"]] for _ in range(6)]
+    got = _ids_by_step(work)
+    assert [got[s][-1] for s in range(1, 7)] == want
+    # Eval on the TFRecords' eval split (16 clips, every one scored once).
+    assert r2["final_eval"]["n_classes_scored"] == 4
+
+    # The export: our checkpoint (tiny.en + the averaged head) that load_model reads back.
+    m = wat.load_model(work / "export")
+    assert m.head_config == {"mode": "wa_mlp", "n_classes": 4, "n_layers": 4, "width": 384,
+                             "labels": [[0, "", "low"], [1, "", "high"], [2, "", "noise"], [3, "", "clicks"]]}
+    for (pa, a), (pb, b) in zip(T.flat_params(m.head_params).items(), T.flat_params(r2["head_params"]).items()):
+        assert pa == pb and np.array_equal(a, b), pa
+
+    # scripts/evaluate.py on the export and cached taps (fold 1) == the head applied here.
+    sys.path.insert(0, str(REPO / "scripts"))
+    import evaluate as evaluate_script
+
+    out = tmp_path / "metrics.json"
+    assert evaluate_script.main(["--checkpoint", str(work / "export"), "--features", str(d / "float32"), "--split",
+                                 "train", "--fold", "1", "--batch_size", "8", "--single_label", "--out",
+                                 str(out)]) == 0
+    src, _, folds = T.open_features(d / "float32", "train")
+    rows = np.nonzero(folds == 1)[0]
+    head = make_head("wa_mlp", 4, 384, 4)
+    logits = head.apply({"params": m.head_params}, jnp.asarray(src.rows(rows)["x"]))
+    want_m = compute_metrics(np.asarray(logits), src.labels[rows].astype(np.float32), multilabel=False)
+    got_m = json.loads(out.read_text())
+    for k in ("mAP", "mAUC", "accuracy"):
+        assert abs(got_m[k] - want_m[k]) < 1e-6, k  # batch 8 on the mesh vs batch 16 here: same logits to ~1e-7
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Data parallelism: 4 devices == 1; 2 processes == 1
 
@@ -379,7 +449,7 @@ from whisper_at_jax.heads import make_head
 from tests.test_train import make_sounds
 assert jax.device_count() == 4
 model = load_model("tiny.en", at_head=False)
-c = common.base_config(); c.head.mode = "tl_tr_1_8"; c.data.pool = 10; c.lr = 1e-3
+c = common.base_config(); c.head.mode = "wa_mlp"; c.data.pool = 10; c.lr = 1e-3
 audio, labels = make_sounds(2, 1.0, seed=1)  # 8 clips of 1 s -> 50 encoder frames -> 5 steps
 out = {}
 for n in (4, 1):

@@ -574,6 +574,25 @@ def build_steps(config: ml_collections.ConfigDict, mesh: Any, head: Any, tx: opt
     return Steps(mesh, state_sh, init, cached, online, eval_cached, eval_online, encode_jit, average, step, encode)
 
 
+_STEPS_MEMO: dict[Any, Steps] = {}
+
+
+def cached_steps(config: ml_collections.ConfigDict, mesh: Any, head: Any, steps_per_epoch: int,
+                 taps_shape: Sequence[int], dims: Any = None) -> Steps:
+    """:func:`build_steps` memoised on everything the compiled programs depend on, so runs in one process with
+    the same shapes and hyper-parameters (the folds of a cross-validation, a resumed run) compile once."""
+    key = (repr(head), tuple(taps_shape), int(steps_per_epoch), None if dims is None else str(dims),
+           tuple(int(i) for i in mesh.device_ids.flat), config.head.to_json(), config.aug.to_json(),
+           config.lr_decay.to_json(), str(config.loss), float(config.lr), float(config.b1), float(config.b2),
+           float(config.adam_eps), float(config.weight_decay), int(config.seed), str(config.encoder_dtype),
+           int(config.data.pool))
+    if key not in _STEPS_MEMO:
+        if len(_STEPS_MEMO) >= 8:
+            _STEPS_MEMO.pop(next(iter(_STEPS_MEMO)))
+        _STEPS_MEMO[key] = build_steps(config, mesh, head, make_optimizer(config, steps_per_epoch), taps_shape, dims)
+    return _STEPS_MEMO[key]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Logging
 
@@ -713,6 +732,24 @@ def _restore(mngr: Any, abstract: dict, state_sh: Any) -> tuple[dict, int, dict]
     return out["state"], int(step), data
 
 
+def label_rows(labels: Sequence[str], n_classes: int) -> list[list[Any]]:
+    """Class names -> the checkpoint's ``[[index, mid, display_name], ...]``: AudioSet names or MIDs get both from
+    the AudioSet ontology; other names get an empty MID; no names at all get the checkpoint's defaults."""
+    from .convert.at_head import default_labels
+
+    labels = [str(x) for x in labels]
+    if not labels:
+        return default_labels(n_classes)
+    if len(labels) != n_classes:
+        raise TrainError(f"{len(labels)} class names for {n_classes} classes")
+    if n_classes == 527:
+        ref = default_labels(527)
+        known = {r[2]: r for r in ref} | {r[1]: r for r in ref if r[1]}
+        if all(x in known for x in labels):
+            return [[i, known[x][1], known[x][2]] for i, x in enumerate(labels)]
+    return [[i, "", x] for i, x in enumerate(labels)]
+
+
 def flat_params(tree: PyTree, prefix: str = "") -> dict[str, np.ndarray]:
     """A nested param dict as {"a/b/kernel": array}."""
     out = {}
@@ -786,8 +823,7 @@ def train(config: ml_collections.ConfigDict, *, train_source: ExampleSource | No
 
     head = make_head(config.head.mode, taps_shape[1], taps_shape[3], n_classes,
                      dtype=compute_dtype(config.head.dtype))
-    tx = make_optimizer(config, spe)
-    steps = build_steps(config, mesh, head, tx, taps_shape, dims if mode == "online" else None)
+    steps = cached_steps(config, mesh, head, spe, taps_shape, dims if mode == "online" else None)
     enc_params = None
     if mode == "online":
         enc_params = jax.device_put(model.params["encoder"], parallel.replicated(mesh))
@@ -905,7 +941,8 @@ def train(config: ml_collections.ConfigDict, *, train_source: ExampleSource | No
         if config.get("export", False):
             from .convert import save_checkpoint
 
-            head_config = {"mode": config.head.mode, "n_classes": n_classes, "labels": labels}
+            head_config = {"mode": config.head.mode, "n_classes": n_classes, "n_layers": taps_shape[1],
+                           "width": taps_shape[3], "labels": label_rows(labels, n_classes)}
             save_checkpoint(workdir / "export", model.dims, jax.device_get(model.params), model.tokenizer_file,
                             source=model.source, whisper_meta=model.whisper_meta, head_params=final_np,
                             head_config=head_config, overwrite=True)
