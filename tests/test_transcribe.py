@@ -462,3 +462,51 @@ def test_parse_at_label_equals_whisper_at(at_pair, tag_audio):
         parse_at_label(result, p_threshold=0.0, p_threshold_prob=0.5)
     with pytest.raises(ValueError, match="probability"):
         parse_at_label(result, p_threshold_prob=1.5)
+
+
+_MULTI_DEVICE = r"""
+import json, sys
+import numpy as np
+import jax
+from whisper_at_jax import convert, load_model
+from whisper_at_jax.api import WhisperModel
+from whisper_at_jax.convert.at_head import load_at_head
+from whisper_at_jax.transcribe import tag, transcribe
+assert jax.device_count() == 2, jax.devices()
+m = load_model("tiny.en", at_head=False)
+hp, hc = load_at_head(sys.argv[1], m.dims)
+m = WhisperModel(m.dims, m.params, tokenizer_file=m.tokenizer_file, head_params=hp, head_config=hc)
+audio = np.load(sys.argv[2])
+r = transcribe(m, audio, mode="batched", batch_size=2, at_time_res=10, temperature=0.0)
+t = tag(m, audio, at_time_res=2, batch_size=2)
+json.dump({"segments": [[s["start"], s["end"], s["tokens"]] for s in r["segments"]],
+           "audio_tag": r["audio_tag"].tolist(), "tag": t["audio_tag"].tolist()}, open(sys.argv[3], "w"))
+"""
+
+
+@pytest.mark.slow
+def test_batched_over_two_devices_equals_one(at_pair, tag_audio, tmp_path):
+    """Batched transcription and tag() with the batch sharded over 2 (virtual CPU) devices give what one device
+    gives: same segments and tokens, same tag rows (1e-5: a different per-device batch may block reductions
+    differently; measured 0)."""
+    import json
+    import sys
+
+    import torch
+
+    from whisper_at_jax.heads import head_params_to_torch
+    from whisper_at_jax.transcribe import tag, transcribe
+
+    ours, _ = at_pair
+    torch.save({k: torch.from_numpy(np.array(v)) for k, v in head_params_to_torch(ours.head_params).items()},
+               tmp_path / "head.pth")
+    np.save(tmp_path / "audio.npy", tag_audio)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    p = subprocess.run([sys.executable, "-c", _MULTI_DEVICE, str(tmp_path / "head.pth"), str(tmp_path / "audio.npy"),
+                        str(tmp_path / "out.json")], env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    two = json.loads((tmp_path / "out.json").read_text())
+    one = transcribe(ours, tag_audio, mode="batched", batch_size=2, at_time_res=10, temperature=0.0)
+    assert two["segments"] == [[s["start"], s["end"], s["tokens"]] for s in one["segments"]]
+    assert np.abs(np.asarray(two["audio_tag"]) - one["audio_tag"]).max() < 1e-5
+    assert np.abs(np.asarray(two["tag"]) - tag(ours, tag_audio, at_time_res=2, batch_size=2)["audio_tag"]).max() < 1e-5

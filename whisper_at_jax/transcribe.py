@@ -296,7 +296,10 @@ class _TagGrid:
         bs = self.batch_size
         for s in range(0, len(windows), bs):
             chunk = windows[s:s + bs]
-            batch = np.stack([self.window_mel(k) for k in chunk] + [self.window_mel(chunk[-1])] * (bs - len(chunk)))
+            # a power-of-two batch (a multiple of the device count): sequential mode mostly asks for one window
+            # at a time, and padding that to batch_size would encode batch_size windows for one
+            size = -(-_bucket(len(chunk), bs) // self.n_dev) * self.n_dev
+            batch = np.stack([self.window_mel(k) for k in chunk] + [self.window_mel(chunk[-1])] * (size - len(chunk)))
             taps = np.asarray(self.compiled.taps_only(self.model.params, _put_batch(batch, self.sharding, self.n_dev)))
             for j, k in enumerate(chunk):
                 self.add(k, taps[j])
