@@ -619,3 +619,53 @@ def test_bad_features_are_clear_errors(random_features, tmp_path):
         T.train(small_config(tmp_path / "w", mode="both"))
     with pytest.raises(T.TrainError, match="non-finite"):
         T.FeatureWriter(tmp_path / "g", "train", {}).add(np.full((1, 2, 5, 32), np.nan), np.ones((1, 4)), ["x"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Configs and options
+
+
+def _load_config(name: str, arg: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"cfg_{name}", REPO / "configs" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(arg)
+
+
+@pytest.mark.parametrize("size,lr_tr,lr_512,epochs,wa", [
+    # whisper_at_reference.md section 5 table (the reference's logs): lr, epochs, weight-averaging range.
+    ("large-v1", 5e-5, 1e-4, 30, (16, 30)), ("large-v2", 5e-5, 1e-4, 30, (16, 30)),
+    ("medium", 5e-5, 1e-4, 30, (16, 30)), ("small", 1e-4, 1e-4, 50, (21, 50)), ("base", 1e-4, 1e-4, 50, (21, 50)),
+    ("tiny.en", 1e-4, 1e-4, 50, (21, 50))])
+def test_configs_hold_the_paper_recipes(size, lr_tr, lr_512, epochs, wa):
+    for arg, mode, lr in ((size, "tl_tr_1_8", lr_tr), (f"{size},512", "tl_down_tr_512_1_8", lr_512)):
+        c = _load_config("audioset2m", arg)
+        assert (c.model, c.head.mode, c.lr, c.epochs, (c.wa.start_epoch, c.wa.end_epoch)) == (size, mode, lr, epochs,
+                                                                                              wa)
+        assert (c.batch_size, c.b1, c.b2, c.weight_decay, c.epoch_fraction, c.loss) == (48, 0.95, 0.999, 5e-7, 0.1,
+                                                                                        "bce")
+        assert (c.lr_decay.start_epoch, c.lr_decay.every_epochs, c.lr_decay.factor) == (15, 5, 0.75)
+        assert (c.aug.mixup_p, c.aug.mixup_alpha, c.aug.label_smoothing, c.aug.time_mask) == (0.5, 10.0, 0.1, 10)
+        assert c.data.balanced and c.data.clip_seconds == 10.0 and c.data.pool == 20
+    esc = _load_config("esc50", "base")
+    assert (esc.loss, esc.data.multilabel, esc.data.clip_seconds, esc.data.pool, esc.data.fold) == ("softmax", False,
+                                                                                                     5.0, 10, 1)
+    assert _load_config("audioset20k", "tiny").data.balanced is False
+    with pytest.raises(ValueError, match="no recipe"):
+        _load_config("audioset2m", "huge")
+
+
+def test_bf16_encoder_option(tiny_en):
+    from whisper_at_jax.model import Whisper  # noqa: F401  (the encoder the option switches)
+
+    audio, _ = make_sounds(1, 1.0, seed=2)
+    enc = tiny_en.params["encoder"]
+    f32 = jax.jit(T.make_encode_fn(tiny_en.dims, 80, 10, jnp.float32))(enc, audio)
+    b16 = jax.jit(T.make_encode_fn(tiny_en.dims, 80, 10, jnp.bfloat16))(enc, audio)
+    assert b16.dtype == jnp.float32 and b16.shape == f32.shape == (4, 4, 5, 384)
+    # bf16 keeps 8 bits of mantissa (rel. 4e-3 per op); through 4 blocks the pooled taps stay within a few percent
+    # of fp32 (relative Frobenius norm per layer).
+    rel = np.linalg.norm(np.asarray(b16 - f32), axis=(2, 3)) / np.linalg.norm(np.asarray(f32), axis=(2, 3))
+    assert rel.max() < 0.05, rel
