@@ -77,8 +77,7 @@ def german_speech() -> np.ndarray:
 
     with tempfile.TemporaryDirectory() as d:
         wav = Path(d) / "de.wav"
-        subprocess.run([exe, "-v", "de", "-w", str(wav), "Guten Morgen. Heute ist das Wetter schön, und wir "
-                        "gehen in den Park, um Fußball zu spielen."], check=True, capture_output=True)
+        subprocess.run([exe, "-v", "de", "-w", str(wav), "Guten Morgen. Heute ist das Wetter schön."], check=True, capture_output=True)
         return load_audio(str(wav))
 
 
@@ -89,14 +88,25 @@ def german_speech() -> np.ndarray:
 @pytest.mark.parametrize("kw", [
     dict(without_timestamps=True),
     dict(),  # timestamps: ApplyTimestampRules incl. max_initial_timestamp and the logsumexp rule
-    dict(prompt="Quick brown foxes and the moon landing."),
-    dict(prefix="The quick brown"),
-], ids=["no_timestamps", "timestamps", "prompt", "prefix"])
+], ids=["no_timestamps", "timestamps"])
 def test_greedy_equals_openai(tiny_en, ref_tiny, mel_speech, kw):
     theirs = _ref_decode(ref_tiny, mel_speech, language="en", **kw)
     ours = decode(tiny_en, mel_speech.numpy(), DecodingOptions(language="en", **kw))
     _assert_same(ours, theirs)
-    assert len(ours.tokens) > 20  # real speech: a real transcript, not an early EOT
+    assert len(ours.tokens) > 40  # 14 s of real speech: a real transcript, not an early EOT
+
+
+@pytest.mark.parametrize("kw", [
+    dict(prompt="Quick brown foxes and the moon landing."),
+    dict(prefix="Please call", without_timestamps=True),
+    dict(prompt=" We choose to go.", prefix="Please"),
+], ids=["prompt", "prefix", "prompt_prefix"])
+def test_prompt_prefix_equal_openai(tiny_en, ref_tiny, thirds, kw):
+    mel = _mel(thirds[2])
+    ours = decode(tiny_en, mel.numpy(), DecodingOptions(language="en", **kw))
+    _assert_same(ours, _ref_decode(ref_tiny, mel, language="en", **kw))
+    # a prefix in timestamp mode may end the window at once (openai-whisper does the same: compared above)
+    assert len(ours.tokens) > 5 or ("prefix" in kw and not kw.get("without_timestamps"))
 
 
 def test_no_suppression_from_features(tiny_en, ref_tiny, mel_short):
@@ -109,8 +119,9 @@ def test_no_suppression_from_features(tiny_en, ref_tiny, mel_short):
 
 @pytest.mark.parametrize("kw", [
     dict(beam_size=5),
-    dict(beam_size=3, patience=2.0, length_penalty=0.6, without_timestamps=True),
-], ids=["beam5", "beam3_patience_penalty"])
+    # same beam count (same compiled step); patience 1.5 keeps up to 8 finished candidates
+    dict(beam_size=5, patience=1.5, length_penalty=0.6, without_timestamps=True),
+], ids=["beam5", "beam5_patience_penalty"])
 def test_beam_search_equals_openai(tiny_en, ref_tiny, mel_short, kw):
     theirs = _ref_decode(ref_tiny, mel_short, language="en", **kw)
     ours = decode(tiny_en, mel_short.numpy(), DecodingOptions(language="en", **kw))

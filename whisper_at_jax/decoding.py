@@ -2,11 +2,12 @@
 
 What runs where:
 
-- Greedy and temperature sampling run as one compiled program per (rows, prompt length, ``sample_len``): a
-  prefill of the initial tokens in one decoder call, then a ``lax.while_loop`` that applies openai-whisper's
-  logit rules on device (suppress blank / suppress tokens / timestamp rules), picks the next token, and stops
-  when every row has reached end-of-text or the token budget is spent. A row that loops (hallucination) only
-  runs to the budget; finished rows just emit end-of-text meanwhile.
+- Greedy and temperature sampling run as two compiled programs per number of rows: a prefill of the initial
+  tokens in one decoder call (compiled per prompt length), then a ``lax.while_loop`` (compiled once; budget,
+  temperature and rule settings are runtime values) that applies openai-whisper's logit rules on device
+  (suppress blank / suppress tokens / timestamp rules), picks the next token, and stops when every row has
+  reached end-of-text or the token budget is spent. A row that loops (hallucination) only runs to the budget;
+  finished rows just emit end-of-text meanwhile.
 - Beam search compiles one decoder step (KV-cache reorder + decoder + logit rules + log-softmax + top-k) and
   keeps openai-whisper's beam bookkeeping (candidate dict, finished lists up to ``beam_size * patience``, the
   final ranking) on the host, because its semantics (dedup of equal sequences, insertion-ordered ties,
@@ -180,12 +181,15 @@ class _Programs:
             logits = jnp.where(language_mask[None, :], logits[:, 0], -jnp.inf)
             return jnp.argmax(logits, axis=-1), jax.nn.softmax(logits, axis=-1)
 
-        def select(logits, sampled, i, last, sum_logprobs, rules, key, temperature, greedy):
+        def select(logits, sampled, i, last, sum_logprobs, rules, key, temperature):
             logits = _apply_rules(logits, sampled, i, rules, consts)
-            if greedy:
-                nxt = jnp.argmax(logits, axis=-1)
-            else:
-                nxt = jax.random.categorical(jax.random.fold_in(key, i), logits / temperature, axis=-1)
+            # greedy vs sampling is a traced choice, so temperature fallback reuses the same program
+            # (lax.cond runs one branch: greedy decoding draws no random numbers)
+            nxt = jax.lax.cond(
+                temperature > 0,
+                lambda: jax.random.categorical(jax.random.fold_in(key, i),
+                                               logits / jnp.maximum(temperature, 1e-30), axis=-1).astype(jnp.int32),
+                lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32))
             logprobs = jax.nn.log_softmax(logits, axis=-1)
             current = jnp.take_along_axis(logprobs, nxt[:, None], axis=1)[:, 0]
             live = last != consts.eot
@@ -195,12 +199,12 @@ class _Programs:
             return sampled, sum_logprobs, nxt
 
         def sample_loop(params, self_k, self_v, cross_k, cross_v, logits0, last_init, sample_begin, budget, rules,
-                        key, temperature, sample_len, greedy):
+                        key, temperature, buffer_len):
             n = logits0.shape[0]
-            sampled = jnp.full((n, sample_len), consts.eot, jnp.int32)
+            sampled = jnp.full((n, buffer_len), consts.eot, jnp.int32)
             sum_lp = jnp.zeros((n,), jnp.float32)
             sampled, sum_lp, nxt = select(logits0, sampled, jnp.int32(0), last_init, sum_lp, rules, key,
-                                          temperature, greedy)
+                                          temperature)
 
             def cond(state):
                 i, _, _, nxt, _, _ = state
@@ -211,8 +215,7 @@ class _Programs:
                 i, sampled, sum_lp, nxt, self_k, self_v = state
                 cache = DecoderCache(self_k, self_v, cross_k, cross_v)
                 logits, cache = apply(params, nxt[:, None], cache, sample_begin + i - 1, method="decode")
-                sampled, sum_lp, nxt = select(logits[:, 0], sampled, i, nxt, sum_lp, rules, key, temperature,
-                                              greedy)
+                sampled, sum_lp, nxt = select(logits[:, 0], sampled, i, nxt, sum_lp, rules, key, temperature)
                 return i + 1, sampled, sum_lp, nxt, cache.self_k, cache.self_v
 
             state = (jnp.int32(1), sampled, sum_lp, nxt, self_k, self_v)
@@ -240,7 +243,7 @@ class _Programs:
 
         self.prefill = jax.jit(prefill, static_argnames=("n_group",))
         self.detect = jax.jit(detect)
-        self.sample_loop = jax.jit(sample_loop, static_argnames=("sample_len", "greedy"))
+        self.sample_loop = jax.jit(sample_loop, static_argnames=("buffer_len",))
         # the self-attention cache is donated: updated in place instead of copied every step
         self.beam_first = jax.jit(beam_first, static_argnames=("k",))
         self.beam_step = jax.jit(beam_step, static_argnames=("k",), donate_argnums=(1, 2))
@@ -348,6 +351,9 @@ class _Task:
                              f"of {self.n_ctx}")
         # openai-whisper stops once the token list outgrows n_ctx: at most n_ctx + 1 - sample_begin steps
         self.budget = min(self.sample_len, self.n_ctx + 1 - self.sample_begin)
+        # the token buffer's length is a compiled shape; one size for every sample_len up to n_ctx // 2 (the
+        # budget itself is a runtime value) keeps the programs shared across options
+        self.buffer_len = max(self.budget, self.n_ctx // 2)
         v = model.dims.n_vocab
         suppress = np.zeros(v, bool)
         if options.suppress_tokens:
@@ -465,11 +471,10 @@ class _Task:
     def _sample(self, progs: _Programs, cache: Any, logits0: Array, tokens: np.ndarray
                 ) -> tuple[list[list[list[int]]], list[list[float]]]:
         opts = self.options
-        greedy = opts.temperature == 0
         sampled, sum_lp, _ = progs.sample_loop(
             self.model.params, *cache, logits0, jnp.asarray(tokens[:, -1]), jnp.int32(self.sample_begin),
             jnp.int32(self.budget), self.rules, jax.random.PRNGKey(opts.seed),
-            jnp.float32(opts.temperature if not greedy else 1.0), sample_len=self.sample_len, greedy=greedy)
+            jnp.float32(opts.temperature), buffer_len=self.buffer_len)
         sampled, sum_lp = np.asarray(sampled), np.asarray(sum_lp)
         eot = self.tokenizer.eot
         seqs, lps = [], []
@@ -496,7 +501,7 @@ class _Task:
         rows = [list(map(int, r)) for r in tokens]  # full sequences, initial tokens included
         sum_lp = np.zeros(n_rows, np.float32)
         finished_sequences: list[dict[tuple, float]] = [{} for _ in range(n_audio)]
-        sampled = np.full((n_rows, self.sample_len), eot, np.int32)
+        sampled = np.full((n_rows, self.buffer_len), eot, np.int32)
         values, indices = progs.beam_first(logits0, jnp.asarray(sampled), self.rules, k=k)
         sb = self.sample_begin
         self_k, self_v, cross_k, cross_v = cache
