@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .model import DecoderCache
-from .tokenizer import LANGUAGES, Tokenizer, get_tokenizer
+from .tokenizer import LANGUAGES, TO_LANGUAGE_CODE, Tokenizer, get_tokenizer
 
 CHUNK_LENGTH = 30  # seconds per window; timestamp precision is CHUNK_LENGTH / n_audio_ctx (0.02 s)
 
@@ -234,7 +234,11 @@ class _Programs:
         def beam_step(params, self_k, self_v, cross_k, cross_v, source, sampled, i, sample_begin, rules, k):
             # reorder the self-attention cache to the surviving beams (cross-attention rows are the same
             # within an audio's group, and beams never move across groups)
-            cache = DecoderCache(reorder(self_k, source), reorder(self_v, source), cross_k, cross_v)
+            # (skipped when every beam keeps its own row, as openai-whisper skips it)
+            identity = jnp.all(source == jnp.arange(source.shape[0]))
+            self_k, self_v = jax.lax.cond(identity, lambda: (self_k, self_v),
+                                          lambda: (reorder(self_k, source), reorder(self_v, source)))
+            cache = DecoderCache(self_k, self_v, cross_k, cross_v)
             tok = jnp.take(sampled, i - 1, axis=1)
             logits, cache = apply(params, tok[:, None], cache, sample_begin + i - 1, method="decode")
             logits = _apply_rules(logits[:, 0], sampled, i, rules, consts)
@@ -287,16 +291,9 @@ def _as_features(model: Any, mel: Any) -> tuple[Array, bool]:
     return model.encode(jnp.asarray(x, jnp.float32)), single
 
 
-def _resolve_language(model: Any, language: str | None) -> str | None:
-    if language is None:
-        return None
-    code = language.lower()
-    if code not in LANGUAGES:
-        from .tokenizer import TO_LANGUAGE_CODE
-
-        if code not in TO_LANGUAGE_CODE:
-            raise ValueError(f"Unsupported language: {language}")
-    return language
+def _check_language(language: str | None) -> None:
+    if language is not None and language.lower() not in LANGUAGES and language.lower() not in TO_LANGUAGE_CODE:
+        raise ValueError(f"Unsupported language: {language}")
 
 
 def detect_language(model: Any, mel: Any, tokenizer: Tokenizer | None = None
@@ -505,6 +502,7 @@ class _Task:
         values, indices = progs.beam_first(logits0, jnp.asarray(sampled), self.rules, k=k)
         sb = self.sample_begin
         self_k, self_v, cross_k, cross_v = cache
+        source = np.arange(n_rows, dtype=np.int32)
         for i in range(self.budget):
             if i > 0:
                 self_k, self_v, values, indices = progs.beam_step(
@@ -588,7 +586,7 @@ def decode(model: Any, mel: Any, options: DecodingOptions = DecodingOptions(), *
         if unknown:
             raise ValueError(f"unknown decoding options: {sorted(unknown)}")
         options = replace(options, **kwargs)
-    _resolve_language(model, options.language)
+    _check_language(options.language)
     features, single = _as_features(model, mel)
     results = _Task(model, options).run(features)
     return results[0] if single else results
