@@ -126,7 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model {args.model} loaded in {time.perf_counter() - t0:.1f} s"
           + (f" with head {model.head_config.get('mode')}" if has_head else " (no tagging head)"), file=sys.stderr)
 
+    if args.language:
+        from whisper_at_jax.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
+
+        if args.language.lower() not in LANGUAGES and args.language.lower() not in TO_LANGUAGE_CODE:
+            print(f"error: unknown --language {args.language!r} (a code such as en, de, or a name)", file=sys.stderr)
+            return 2
     decode_options = {"task": args.task}
+    if args.language and not model.is_multilingual and args.language.lower() not in ("en", "english"):
+        # as openai-whisper's CLI: an English-only model transcribes English whatever was asked
+        print(f"warning: {args.model} is English-only; ignoring --language {args.language}", file=sys.stderr)
+        args.language = "en"
     if args.language:
         decode_options["language"] = args.language
     if args.beam_size:
