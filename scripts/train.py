@@ -38,6 +38,8 @@ def main(argv):
 
     # Before anything touches a device.
     parallel.maybe_initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
+    from whisper_at_jax.convert import CheckpointError
+    from whisper_at_jax.data import DataError
     from whisper_at_jax.train import TrainError, train
 
     config = _CONFIG.value
@@ -45,7 +47,7 @@ def main(argv):
         raise app.UsageError("--config is required")
     try:
         result = train(config)
-    except TrainError as e:
+    except (TrainError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     summary = {k: v for k, v in result.items() if k not in ("head_params",)}

@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import tempfile
 import time
@@ -328,12 +327,14 @@ class FeatureWriter:
     """
 
     def __init__(self, out_dir: str | os.PathLike, split: str, meta: Mapping[str, Any], *, shard_size: int = 4096,
-                 dtype: str = "float16"):
+                 dtype: str = "float16", max_shard_bytes: int = 1 << 30):
         if dtype not in ("float16", "float32", "bfloat16"):
             raise TrainError(f"feature dtype must be float16, bfloat16 or float32, got {dtype!r}")
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.split, self.meta, self.shard_size, self.dtype = split, dict(meta), int(shard_size), dtype
+        # A shard is buffered in memory until full: cap its bytes too (large-v2 taps are ~2 MB per clip).
+        self.max_shard_bytes = int(max_shard_bytes)
         self._buf: list[np.ndarray] = []
         self._nbuf = 0
         self.shards: list[dict] = []
@@ -352,6 +353,9 @@ class FeatureWriter:
             target = ml_dtypes.bfloat16
         if not np.all(np.isfinite(taps)):
             raise TrainError(f"non-finite taps for ids {list(ids)[:3]}...")
+        if not self._buf:
+            per_clip = max(1, int(np.prod(taps.shape[1:])) * np.dtype(target).itemsize)
+            self.shard_size = max(1, min(self.shard_size, self.max_shard_bytes // per_clip))
         self._buf.append(taps.astype(target))
         self._nbuf += len(taps)
         self.labels.append(np.asarray(labels) > 0.5)
@@ -508,7 +512,7 @@ def make_train_step(head: Any, tx: optax.GradientTransformation, config: ml_coll
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         new = dict(state, params=params, opt_state=opt_state, step=state["step"] + 1)
-        return new, {"loss": value, "grad_norm": optax.global_norm(grads)}
+        return new, {"loss": value, "grad_norm": optax.tree.norm(grads)}
 
     return step
 
@@ -886,18 +890,21 @@ def train(config: ml_collections.ConfigDict, *, train_source: ExampleSource | No
             else:
                 state, m = steps.cached(state, x, y)
             done = step + 1
+            if step == start:  # the first step compiles: leave it out of the examples/s windows
+                jax.block_until_ready(m)
+                t0, n0 = time.perf_counter(), done
             if ids_log is not None:
                 ids_log.write(json.dumps({"step": done, "ids": ids}) + "\n")
                 ids_log.flush()
             if done % int(config.log_every_steps) == 0 or done == total_steps:
-                m = jax.device_get(m)
-                dt = time.perf_counter() - t0
-                ex_s = (done - n0) * int(config.batch_size) / max(dt, 1e-9)
-                writer.write(done, {**m, "examples_per_s": ex_s, "lr": float(schedule(jnp.asarray(step)))},
-                             prefix="train/")
+                m = {k: float(v) for k, v in jax.device_get(m).items()}
+                m["lr"] = float(schedule(jnp.asarray(step)))
+                if done > n0:  # examples/s since the last log (the compiling first step excluded)
+                    m["examples_per_s"] = (done - n0) * int(config.batch_size) / (time.perf_counter() - t0)
+                    result["examples_per_s"] = m["examples_per_s"]
+                writer.write(done, m, prefix="train/")
                 if bar is not None:
-                    bar.set_postfix(loss=f"{float(m['loss']):.4f}", ex_s=f"{ex_s:.1f}")
-                result["examples_per_s"] = ex_s
+                    bar.set_postfix(loss=f"{m['loss']:.4f}", ex_s=f"{m.get('examples_per_s', 0.0):.1f}")
                 result["loss"] = float(m["loss"])
                 t0, n0 = time.perf_counter(), done
             if bar is not None:
