@@ -127,31 +127,33 @@ def gelu(x: Array) -> Array:
 _QUERY_BLOCK = 250
 
 
-def _attend(q: Array, k: Array, v: Array, n_head: int, mask: Array | None) -> Array:
-    """Scaled dot-product attention over [B, T, d] projections; softmax in fp32.
+def split_heads(x: Array, n_head: int) -> Array:
+    """[B, T, d] -> [B, H, T, d/H] (head-major: the layout the decoder cache keeps, so steps never transpose)."""
+    b, t, d = x.shape
+    return x.reshape(b, t, n_head, d // n_head).transpose(0, 2, 1, 3)
+
+
+def _attend(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
+    """Scaled dot-product attention over head-major [B, H, T, hd] arrays -> [B, Tq, H*hd]; softmax in fp32.
 
     ``mask`` is additive, broadcastable to [B, H, Tq, Tk] (0 where allowed, -inf where not).
     """
-    b, tq, d = q.shape
-    tk = k.shape[1]
-    hd = d // n_head
+    b, h, tq, hd = q.shape
     # openai-whisper scales q and k by hd**-0.25 each; one 1/sqrt(hd) on q is the same product up to rounding.
-    q = (q * (hd**-0.5)).reshape(b, tq, n_head, hd).transpose(0, 2, 1, 3)
-    k = k.reshape(b, tk, n_head, hd).transpose(0, 2, 3, 1)
-    v = v.reshape(b, tk, n_head, hd).transpose(0, 2, 1, 3)
+    q = q * jnp.asarray(hd**-0.5, q.dtype)
 
     def block(qb: Array, mask_b: Array | None) -> Array:
-        logits = jnp.matmul(qb, k, preferred_element_type=jnp.float32)
+        logits = jnp.einsum("bhqd,bhkd->bhqk", qb, k, preferred_element_type=jnp.float32)
         if mask_b is not None:
             logits = logits + mask_b
         weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        return jnp.matmul(weights, v)
+        return jnp.einsum("bhqk,bhkd->bhqd", weights, v)
 
     if mask is None and tq > _QUERY_BLOCK:
         out = jnp.concatenate([block(q[:, :, i:i + _QUERY_BLOCK], None) for i in range(0, tq, _QUERY_BLOCK)], axis=2)
     else:
         out = block(q, mask)
-    return out.transpose(0, 2, 1, 3).reshape(b, tq, d)
+    return out.transpose(0, 2, 1, 3).reshape(b, tq, h * hd)
 
 
 class MultiHeadAttention(nn.Module):
@@ -167,15 +169,17 @@ class MultiHeadAttention(nn.Module):
         self.out = dense("out")
 
     def __call__(self, x: Array, mask: Array | None = None) -> Array:
-        """Self-attention over ``x`` (no cache): encoder blocks, tagging heads."""
-        return self.out(_attend(self.query(x), self.key(x), self.value(x), self.n_head, mask))
+        """Self-attention over ``x`` [B, T, d] (no cache): encoder blocks, tagging heads."""
+        q, k, v = (split_heads(f(x), self.n_head) for f in (self.query, self.key, self.value))
+        return self.out(_attend(q, k, v, mask))
 
     def kv(self, xa: Array) -> tuple[Array, Array]:
-        return self.key(xa), self.value(xa)
+        """Head-major keys and values [B, H, T, hd] of ``xa`` [B, T, d]."""
+        return split_heads(self.key(xa), self.n_head), split_heads(self.value(xa), self.n_head)
 
     def attend_kv(self, x: Array, k: Array, v: Array, mask: Array | None = None) -> Array:
-        """Attention of ``x``'s queries over given keys/values (cached self-attention, cross-attention)."""
-        return self.out(_attend(self.query(x), k, v, self.n_head, mask))
+        """Attention of ``x``'s queries over given head-major keys/values (cached self-attention, cross-attention)."""
+        return self.out(_attend(split_heads(self.query(x), self.n_head), k, v, mask))
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -206,16 +210,21 @@ class ResidualAttentionBlock(nn.Module):
     def cross_kv(self, xa: Array) -> tuple[Array, Array]:
         return self.cross_attn.kv(xa)
 
-    def decode(self, x: Array, self_k: Array, self_v: Array, cross_k: Array, cross_v: Array, offset: Array,
-               self_mask: Array) -> tuple[Array, Array, Array]:
-        """One decoder step over ``x`` [B, T, d] at positions offset..offset+T-1 of the self-attention cache."""
+    def decode(self, x: Array, cache: "DecoderCache", layer: int, offset: Array, self_mask: Array
+               ) -> tuple[Array, "DecoderCache"]:
+        """One decoder step over ``x`` [B, T, d] at positions offset..offset+T-1 of layer ``layer``'s cache.
+
+        The new keys/values are written into the stacked [L, B, H, ctx, hd] cache in place (one
+        dynamic_update_slice on the whole stack), so a decode loop carries the cache without re-stacking it.
+        """
         h = self.attn_ln(x)
         k_new, v_new = self.attn.kv(h)
-        self_k = jax.lax.dynamic_update_slice_in_dim(self_k, k_new.astype(self_k.dtype), offset, axis=1)
-        self_v = jax.lax.dynamic_update_slice_in_dim(self_v, v_new.astype(self_v.dtype), offset, axis=1)
-        x = x + self.attn.attend_kv(h, self_k, self_v, self_mask)
-        x = x + self.cross_attn.attend_kv(self.cross_attn_ln(x), cross_k, cross_v)
-        return self.mlp(x), self_k, self_v
+        start = (layer, 0, 0, offset, 0)
+        self_k = jax.lax.dynamic_update_slice(cache.self_k, k_new[None].astype(cache.self_k.dtype), start)
+        self_v = jax.lax.dynamic_update_slice(cache.self_v, v_new[None].astype(cache.self_v.dtype), start)
+        x = x + self.attn.attend_kv(h, self_k[layer], self_v[layer], self_mask)
+        x = x + self.cross_attn.attend_kv(self.cross_attn_ln(x), cache.cross_k[layer], cache.cross_v[layer])
+        return self.mlp(x), cache._replace(self_k=self_k, self_v=self_v)
 
 
 class AudioEncoder(nn.Module):
@@ -262,7 +271,8 @@ class AudioEncoder(nn.Module):
 
 
 class DecoderCache(NamedTuple):
-    """Decoder state for incremental decoding; arrays stacked over layers: [L, B, ctx, d]."""
+    """Decoder state for incremental decoding; head-major arrays stacked over layers: [L, B, H, ctx, hd]
+    (self-attention, ctx = n_text_ctx) and [L, B, H, S, hd] (cross-attention over S audio frames)."""
 
     self_k: Array
     self_v: Array
@@ -291,7 +301,7 @@ class TextDecoder(nn.Module):
         b = audio_features.shape[0]
         xa = audio_features.astype(self.dtype)
         cross = [blk.cross_kv(xa) for blk in self.blocks]
-        zeros = jnp.zeros((self.n_layer, b, self.n_ctx, self.n_state), self.dtype)
+        zeros = jnp.zeros((self.n_layer, b, self.n_head, self.n_ctx, self.n_state // self.n_head), self.dtype)
         return DecoderCache(zeros, zeros, jnp.stack([k for k, _ in cross]), jnp.stack([v for _, v in cross]))
 
     def __call__(self, tokens: Array, cache: DecoderCache, offset: Array | int = 0) -> tuple[Array, DecoderCache]:
@@ -303,15 +313,11 @@ class TextDecoder(nn.Module):
         q_pos = offset + jnp.arange(t)
         k_pos = jnp.arange(self.n_ctx)
         mask = jnp.where(k_pos[None, :] <= q_pos[:, None], 0.0, -jnp.inf).astype(jnp.float32)
-        new_k, new_v = [], []
         for i, block in enumerate(self.blocks):
-            x, k, v = block.decode(x, cache.self_k[i], cache.self_v[i], cache.cross_k[i], cache.cross_v[i],
-                                   offset, mask)
-            new_k.append(k)
-            new_v.append(v)
+            x, cache = block.decode(x, cache, i, offset, mask)
         x = self.ln(x)
         logits = jnp.einsum("btd,vd->btv", x.astype(jnp.float32), self.token_embedding.embedding.astype(jnp.float32))
-        return logits, cache._replace(self_k=jnp.stack(new_k), self_v=jnp.stack(new_v))
+        return logits, cache
 
 
 class Whisper(nn.Module):
