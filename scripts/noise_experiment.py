@@ -143,9 +143,15 @@ def run(args: argparse.Namespace) -> dict:
         print(f"SNR {snr:+.0f} dB: {len(done)} mixtures, tag acc "
               f"{100 * np.mean([r['pred'] == r['target'] for r in done]):.0f}% "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        if args.out:  # partial results after every SNR: a long run that is stopped still leaves a table
+            save(Path(args.out), summary(args, model, labels, utts, clean, records, t0))
+    return summary(args, model, labels, utts, clean, records, t0)
 
+
+def summary(args: argparse.Namespace, model, labels, utts, clean, records, t0) -> dict:
     known = {u["name"]: u["text"] for u in utts}
     table = []
+    snrs = sorted({r["snr"] for r in records if r["snr"] is not None})
     for snr in [None] + snrs:
         rs = [r for r in records if r["snr"] == snr]
         row = {"snr": snr, "n": len(rs), "tag_acc": 100.0 * float(np.mean([r["pred"] == r["target"] for r in rs]))}
@@ -158,6 +164,15 @@ def run(args: argparse.Namespace) -> dict:
     return {"model": args.model, "head": str(args.head), "head_mode": model.head_config["mode"], "fold": args.fold,
             "labels": labels, "clean_transcripts": clean, "clean_wer_known": clean_wer, "table": table,
             "records": records, "seconds": time.perf_counter() - t0, "decode": "greedy, temperature 0"}
+
+
+def save(out: Path, res: dict) -> None:
+    """results.json, written atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".results.", dir=out)
+    with os.fdopen(fd, "w") as f:
+        json.dump(res, f, indent=1)
+    os.replace(tmp, out / "results.json")
 
 
 def plot(result_dirs: list[Path], figure: Path) -> None:
@@ -233,12 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".results.", dir=out)
-    with os.fdopen(fd, "w") as f:
-        json.dump(res, f, indent=1)
-    os.replace(tmp, out / "results.json")
+    save(Path(args.out), res)
     print(markdown(res))
     return 0
 
