@@ -87,5 +87,7 @@ def test_tags_only_and_errors(files, tmp_path):
         assert p.returncode == 2 and "--tags-only needs" in p.stderr
     p = run_infer(str(files / "one.wav"), "--head", str(files / "head.pth"), "--at-time-res", "1.0")
     assert p.returncode == 2 and "multiple of 0.4" in p.stderr
+    p = run_infer(str(files / "one.wav"), "--language", "klingon")
+    assert p.returncode == 2 and "unknown --language" in p.stderr
     p = run_infer(str(files / "missing.wav"), "--output-dir", str(tmp_path / "x"))
     assert p.returncode == 1 and "missing.wav" in p.stderr and "Traceback" not in p.stderr
