@@ -142,8 +142,9 @@ def test_optimizer_matches_torch_adam_coupled_l2_and_step_decay():
         topt.step()
         if (i + 1) % spe == 0:
             sched.step()
-    # fp32 on both sides, 24 Adam steps: differences are rounding (measured ~1e-7).
-    np.testing.assert_allclose(np.asarray(params["w"]), w.detach().numpy(), rtol=0, atol=2e-6)
+    # fp32 on both sides, 24 Adam steps moving params by up to 0.11: differences are accumulated rounding
+    # (measured 9.5e-7, i.e. 1e-5 of the movement); a wrong coupling/decay/schedule would differ by >= 1e-3.
+    np.testing.assert_allclose(np.asarray(params["w"]), w.detach().numpy(), rtol=0, atol=5e-6)
     lr = T.lr_schedule(c, spe)
     assert [float(lr(jnp.asarray(s))) for s in (0, 5, 6, 11, 12, 18)] == pytest.approx(
         [1e-2, 1e-2, 7.5e-3, 7.5e-3, 5.625e-3, 4.21875e-3])
