@@ -172,6 +172,7 @@ def save(out: Path, res: dict) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".results.", dir=out)
     with os.fdopen(fd, "w") as f:
         json.dump(res, f, indent=1)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, out / "results.json")
 
 
@@ -208,6 +209,7 @@ def plot(result_dirs: list[Path], figure: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{figure.name}.", suffix=".png", dir=figure.parent)
     os.close(fd)
     fig.savefig(tmp, dpi=110)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600
     os.replace(tmp, figure)
     print(f"wrote {figure}")
 
