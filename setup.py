@@ -6,7 +6,7 @@ setup(
     description="Whisper-AT in JAX/Flax: one Whisper encoder pass for a transcript and AudioSet-style sound tags.",
     python_requires=">=3.11",
     packages=find_packages(include=["whisper_at_jax", "whisper_at_jax.*"]),
-    package_data={"whisper_at_jax": ["assets/*", "assets/**/*"]},
+    package_data={"whisper_at_jax": ["assets/*", "assets/heads/*/*"]},
     install_requires=[
         "jax>=0.10,<0.13",
         "flax>=0.12",

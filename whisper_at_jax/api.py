@@ -112,15 +112,27 @@ class WhisperModel:
                                 head_config=self.head_config, overwrite=overwrite)
 
 
+def shipped_head_dir(name: str) -> str | None:
+    """The default head shipped for an embedded model name, or None."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "heads", name)
+    return path if os.path.isfile(os.path.join(path, "config.json")) else None
+
+
 def load_model(name_or_path: str | os.PathLike = "tiny.en", *, dtype: str | Any = "float32",
                at_head: str | os.PathLike | bool | None = None) -> WhisperModel:
     """Load Whisper weights (any supported format, or ``"tiny.en"`` / ``"base"`` from installed packages).
 
     ``at_head``: a Whisper-AT head checkpoint to attach (``{size}_ori.pth`` / ``_low.pth`` or one of ours);
-    ``False`` for none.
+    ``None`` (default): the checkpoint's own head, else the head shipped with the package for an embedded model
+    name (``tiny.en``: ESC-50's 50 classes, see ``whisper_at_jax/assets/heads/``), as whisper-at's ``load_model``
+    attaches its head; ``False`` for none.
     """
     loaded = convert.resolve(name_or_path)
     head_params, head_config = loaded.head_params, loaded.head_config
+    if at_head is None and head_params is None:
+        shipped = shipped_head_dir(str(name_or_path))
+        if shipped is not None and not os.path.exists(str(name_or_path)):
+            at_head = shipped
     if at_head is False:
         head_params, head_config = None, None
     elif at_head not in (None, True):
