@@ -4,7 +4,6 @@ them, tags from a head given with --head, every output format, --tags-only."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -92,15 +92,18 @@ def assert_same_transcript(ref: dict, ours: dict) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # ASR parity with openai-whisper
 
-def test_greedy_equals_openai_whisper(tiny_en, torch_tiny, speech):
+def test_greedy_equals_openai_whisper(tiny_en, torch_tiny, speech, capsys):
     import whisper
 
     from whisper_at_jax.transcribe import transcribe
 
-    ref = whisper.transcribe(torch_tiny, speech, fp16=False)
-    ours = transcribe(tiny_en, speech)
+    ref = whisper.transcribe(torch_tiny, speech, fp16=False, verbose=True)
+    printed_ref = capsys.readouterr().out
+    ours = transcribe(tiny_en, speech, verbose=True)
+    printed_ours = capsys.readouterr().out
     assert ours["segments"], "the clip is speech: expected segments"
     assert_same_transcript(ref, ours)
+    assert printed_ours == printed_ref and "] " in printed_ours  # verbose prints the same lines
 
 
 def test_beam5_equals_openai_whisper(tiny_en, torch_tiny, speech):

@@ -454,7 +454,9 @@ def transcribe(model: Any, audio: Any, *, verbose: bool | None = None,
         ``{"text", "segments", "language"}`` as openai-whisper, segments with ``id, seek, start, end, text,
         tokens, temperature, avg_logprob, compression_ratio, no_speech_prob``; with ``at_time_res`` also
         ``"at_time_res"`` and ``"audio_tag"``: float32 logits ``[ceil(duration / at_time_res), n_classes]``
-        (sigmoid for probabilities), row ``i`` covering ``[i, i + 1) * at_time_res`` seconds.
+        (sigmoid for probabilities), row ``i`` covering ``[i, i + 1) * at_time_res`` seconds, and
+        ``"duration"`` (seconds of audio; the writers clip the last row to it). A head whose labels are not
+        AudioSet's 527 adds ``"at_labels"`` (its class names, for ``parse_at_label``).
 
     Raises:
         whisper_at_jax.audio.AudioError: unreadable/empty file, NaN or infinite samples.
