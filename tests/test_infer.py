@@ -77,13 +77,12 @@ def test_tags_only_and_errors(files, tmp_path):
     data = json.loads((out / "one.json").read_text())
     assert data["segments"] == [] and len(data["audio_tag"]) == 2  # ceil(13.85 / 10)
     assert p.stdout.count("tags: ") == 2
-    # no head: --tags-only is refused with a message (unless a default head ships with tiny.en); a bad
-    # resolution likewise
-    from whisper_at_jax import convert
+    # the embedded name gets the shipped default head; a model path without a head refuses --tags-only with a
+    # message; a bad resolution likewise
+    from whisper_at_jax.convert import embedded_model_dir
 
-    if convert.resolve("tiny.en").head_params is None:
-        p = run_infer(str(files / "one.wav"), "--tags-only")
-        assert p.returncode == 2 and "--tags-only needs" in p.stderr
+    p = run_infer(str(files / "one.wav"), "--model", str(embedded_model_dir("tiny.en")[0]), "--tags-only")
+    assert p.returncode == 2 and "--tags-only needs" in p.stderr
     p = run_infer(str(files / "one.wav"), "--head", str(files / "head.pth"), "--at-time-res", "1.0")
     assert p.returncode == 2 and "multiple of 0.4" in p.stderr
     p = run_infer(str(files / "one.wav"), "--language", "klingon")
