@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -15,8 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_infer(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    # cwd: a scratch folder, since the CLI writes its outputs to "." by default (openai-whisper's convention)
+    cwd = tempfile.mkdtemp(prefix="wat_infer_cwd_")
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "infer.py"), *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT)
+                          text=True, timeout=timeout, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
