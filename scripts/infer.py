@@ -96,6 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # pragma: no cover
         tqdm = None
 
+    import jax
+
+    # Compiled programs persist across runs (the first run of a model/shape compiles for tens of seconds on CPU).
+    cache_dir = os.environ.get("WHISPER_AT_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
+                                                                     "whisper_at_jax", "xla"))
+    if cache_dir:
+        jax.config.update("jax_compilation_cache_dir", cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
     import whisper_at_jax as wat
     from whisper_at_jax.audio import AudioError
     from whisper_at_jax.convert import CheckpointError
