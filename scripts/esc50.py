@@ -362,7 +362,8 @@ def train_speech_head(model_name: str, mode: str, lr: float, clean: Path, mixed:
     return params, metrics
 
 
-LICENSE_NOTE = """Whisper-AT tagging head for Whisper {model}, trained by whisper-at-jax (scripts/esc50.py --default_head).
+LICENSE_NOTE = """Whisper-AT tagging head for Whisper {model}, trained by whisper-at-jax \
+(scripts/esc50.py --default_head).
 
 Training data: ESC-50 (K. J. Piczak, "ESC: Dataset for Environmental Sound Classification", ACM MM 2015),
 all 2,000 clips, each once clean and once with project-made espeak-ng speech mixed under it.
@@ -436,7 +437,8 @@ def summarise(runs: list[dict]) -> list[dict]:
     out = []
     for (head, mode, lr), rs in groups.items():
         acc = np.asarray([r["accuracy"] for r in sorted(rs, key=lambda r: r["fold"])]) * 100
-        out.append({"head": head, "mode": mode, "lr": lr, "folds": [r["fold"] for r in sorted(rs, key=lambda r: r["fold"])],
+        folds = [r["fold"] for r in sorted(rs, key=lambda r: r["fold"])]
+        out.append({"head": head, "mode": mode, "lr": lr, "folds": folds,
                     "acc": acc.round(2).tolist(), "mean": float(acc.mean()),
                     "std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0, "min": float(acc.min()),
                     "max": float(acc.max())})

@@ -172,7 +172,8 @@ def write_flac(path: Path, audio: np.ndarray) -> None:
         raise
 
 
-def make_demo(background: str = DEMO_BACKGROUND, snr_db: float = 6.0, text: str = DEMO_TEXT, seed: int = 0) -> np.ndarray:
+def make_demo(background: str = DEMO_BACKGROUND, snr_db: float = 6.0, text: str = DEMO_TEXT,
+              seed: int = 0) -> np.ndarray:
     """The demo audio: 0.5 s of the background alone, then speech over it, then 0.5 s of background."""
     if background not in BACKGROUNDS:
         raise ValueError(f"unknown background {background!r}; choose from {sorted(BACKGROUNDS)}")
