@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     from whisper_at_jax import load_model
     from whisper_at_jax.convert import CheckpointError
     from whisper_at_jax.heads import make_head
-    from whisper_at_jax.train import (TFRecordData, TrainError, _atomic_write_bytes, build_steps, eval_batches,
+    from whisper_at_jax.io_utils import atomic_write_bytes
+    from whisper_at_jax.train import (TFRecordData, TrainError, build_steps, eval_batches,
                                       evaluate, open_features)
 
     try:
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     text = json.dumps(metrics, indent=1)
     if args.out and jax.process_index() == 0:
-        _atomic_write_bytes(Path(args.out), text.encode())
+        atomic_write_bytes(Path(args.out), text.encode())
     print(text)
     return 0
 

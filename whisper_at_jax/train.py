@@ -45,6 +45,7 @@ import optax
 from . import augment as aug
 from . import parallel
 from .evaluate import compute_metrics
+from .io_utils import atomic_write_bytes
 from .heads import make_head, pool_taps
 
 logger = logging.getLogger("whisper_at_jax.train")
@@ -287,18 +288,6 @@ class TFRecordIterator:
 # Cached pooled taps on disk (written by scripts/extract_features.py)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     """``np.save`` to a temporary file in the same folder, then rename (a killed writer leaves no torn file)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npy", dir=path.parent)
@@ -380,7 +369,7 @@ class FeatureWriter:
         if n == 0:
             raise TrainError(f"split {self.split!r}: no examples were written")
         atomic_save_npy(self.dir / f"{self.split}-labels.npy", np.concatenate(self.labels).astype(np.uint8))
-        _atomic_write_bytes(self.dir / f"{self.split}-ids.json", json.dumps(self.ids).encode())
+        atomic_write_bytes(self.dir / f"{self.split}-ids.json", json.dumps(self.ids).encode())
         entry: dict[str, Any] = {"n": n, "shards": self.shards}
         if self.folds:
             if len(self.folds) != n:
@@ -394,7 +383,7 @@ class FeatureWriter:
         meta.update(self.meta)
         meta.update({"format": FEATURES_FORMAT, "version": 1, "dtype": self.dtype})
         meta.setdefault("splits", {})[self.split] = entry
-        _atomic_write_bytes(meta_path, json.dumps(meta, indent=1).encode())
+        atomic_write_bytes(meta_path, json.dumps(meta, indent=1).encode())
         return meta_path
 
 
@@ -954,7 +943,7 @@ def train(config: ml_collections.ConfigDict, *, train_source: ExampleSource | No
                             source=model.source, whisper_meta=model.whisper_meta, head_params=final_np,
                             head_config=head_config, overwrite=True)
             result["export"] = str(workdir / "export")
-        _atomic_write_bytes(workdir / "result.json", json.dumps(
+        atomic_write_bytes(workdir / "result.json", json.dumps(
             {k: v for k, v in result.items() if k != "head_params"}, indent=1, default=float).encode())
     writer.close()
     if mngr is not None:

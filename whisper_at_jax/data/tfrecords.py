@@ -35,6 +35,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from whisper_at_jax.io_utils import atomic_write_bytes
 from whisper_at_jax.data.sources import SHOW_FIRST, ClipRecord, DataError, Source, _first
 
 logger = logging.getLogger("whisper_at_jax.data")
@@ -223,18 +224,6 @@ def shard_name(name: str, split: str, index: int, count: int) -> str:
     return f"{name}-{split}.tfrecord-{index:05d}-of-{count:05d}"
 
 
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def read_metadata(data_dir: str) -> Optional[dict]:
     """Our part of the TFDS ``metadata.json`` in ``data_dir`` (None when absent or not written by us)."""
     path = os.path.join(data_dir, "metadata.json")
@@ -311,7 +300,7 @@ def _update_missing_file(out_dir: str, split: str, missing: Sequence[tuple[str, 
             keep = [ln for ln in f.read().splitlines() if ln and ln.split("\t", 1)[0] != split]
     lines = keep + [f"{split}\t{i}\t{p}" for i, p in missing]
     if lines:
-        _atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
+        atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
     elif os.path.exists(path):
         os.remove(path)
 
@@ -454,7 +443,7 @@ def write_tfrecords(
     buf = io.BytesIO()
     np.savez(buf, offsets=offsets, values=values, shard_lengths=np.asarray([r.length for r in results], np.int64))
     labels_file = f"{name}-{split}.labels.npz"
-    _atomic_write_bytes(os.path.join(out_dir, labels_file), buf.getvalue())
+    atomic_write_bytes(os.path.join(out_dir, labels_file), buf.getvalue())
 
     report = WriteReport(
         out_dir=out_dir, split=split, shard_files=paths, shard_lengths=[r.length for r in results],
