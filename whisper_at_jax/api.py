@@ -113,7 +113,8 @@ class WhisperModel:
 
 
 def shipped_head_dir(name: str) -> str | None:
-    """The default head shipped for an embedded model name, or None."""
+    """The default head shipped for an embedded model name (a folder ``assets/heads/NAME`` holding config.json:
+    ``tiny.en``, ``base``), or None."""
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "heads", name)
     return path if os.path.isfile(os.path.join(path, "config.json")) else None
 
@@ -124,8 +125,8 @@ def load_model(name_or_path: str | os.PathLike = "tiny.en", *, dtype: str | Any 
 
     ``at_head``: a Whisper-AT head checkpoint to attach (``{size}_ori.pth`` / ``_low.pth`` or one of ours);
     ``None`` (default): the checkpoint's own head, else the head shipped with the package for an embedded model
-    name (``tiny.en``: ESC-50's 50 classes, see ``whisper_at_jax/assets/heads/``), as whisper-at's ``load_model``
-    attaches its head; ``False`` for none.
+    name (``tiny.en`` and ``base``: ESC-50's 50 classes, see ``whisper_at_jax/assets/heads/``), as whisper-at's
+    ``load_model`` attaches its head; ``False`` for none.
     """
     loaded = convert.resolve(name_or_path)
     head_params, head_config = loaded.head_params, loaded.head_config
