@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> dict:
     decode = dict(temperature=0.0, verbose=None)
 
     clean = {}
-    for u in utts:
+    for u in ([] if args.tag_only else utts):
         r = transcribe(model, u["audio"], **decode)
         clean[u["name"]] = r["text"].strip()
         print(f"clean {u['name']}: {clean[u['name']]!r}", flush=True)
@@ -129,16 +129,19 @@ def run(args: argparse.Namespace) -> dict:
     for ci, clip in enumerate(clips):  # noise only: the same tag path without speech
         noise = load_clip(clip["path"])
         res = tag(model, noise, at_time_res=at_res_for(len(noise)), verbose=False)
-        pred = int(np.argmax(res["audio_tag"][0]))
-        records.append({"snr": None, "clip": clip["id"], "target": clip["target"], "pred": pred})
+        records.append({"snr": None, "clip": clip["id"], "target": clip["target"], **_preds(res)})
     for snr in snrs:
         for ci, clip in enumerate(clips):
             u = utts[ci % len(utts)]
             mix = mix_at_snr(u["audio"], load_clip(clip["path"]), snr)
-            res = transcribe(model, mix, at_time_res=at_res_for(len(mix)), **decode)
-            pred = int(np.argmax(res["audio_tag"][0]))
-            records.append({"snr": snr, "clip": clip["id"], "target": clip["target"], "pred": pred,
-                            "utterance": u["name"], "text": res["text"].strip()})
+            if args.tag_only:  # the head alone: same encoder pass and tag grid, no decoder
+                res = tag(model, mix, at_time_res=at_res_for(len(mix)), verbose=False)
+                text = None
+            else:
+                res = transcribe(model, mix, at_time_res=at_res_for(len(mix)), **decode)
+                text = res["text"].strip()
+            records.append({"snr": snr, "clip": clip["id"], "target": clip["target"], **_preds(res),
+                            "utterance": u["name"], "text": text})
         done = [r for r in records if r["snr"] == snr]
         print(f"SNR {snr:+.0f} dB: {len(done)} mixtures, tag acc "
               f"{100 * np.mean([r['pred'] == r['target'] for r in done]):.0f}% "
@@ -148,6 +151,12 @@ def run(args: argparse.Namespace) -> dict:
     return summary(args, model, labels, utts, clean, records, t0)
 
 
+def _preds(res: dict) -> dict:
+    """Top-1 class and the top 5 of the single tag row."""
+    row = np.asarray(res["audio_tag"][0])
+    return {"pred": int(np.argmax(row)), "top5": [int(i) for i in np.argsort(-row)[:5]]}
+
+
 def summary(args: argparse.Namespace, model, labels, utts, clean, records, t0) -> dict:
     known = {u["name"]: u["text"] for u in utts}
     table = []
@@ -155,15 +164,18 @@ def summary(args: argparse.Namespace, model, labels, utts, clean, records, t0) -
     for snr in [None] + snrs:
         rs = [r for r in records if r["snr"] == snr]
         row = {"snr": snr, "n": len(rs), "tag_acc": 100.0 * float(np.mean([r["pred"] == r["target"] for r in rs]))}
-        if snr is not None:
+        if all("top5" in r for r in rs):
+            row["tag_top5"] = 100.0 * float(np.mean([r["target"] in r["top5"] for r in rs]))
+        if snr is not None and not args.tag_only:
             hyps = [r["text"] for r in rs]
             row["wer_known"] = corpus_wer([known[r["utterance"]] for r in rs], hyps)
             row["wer_clean"] = corpus_wer([clean[r["utterance"]] for r in rs], hyps)
         table.append(row)
-    clean_wer = corpus_wer([u["text"] for u in utts], [clean[u["name"]] for u in utts])
+    clean_wer = None if args.tag_only else corpus_wer([u["text"] for u in utts], [clean[u["name"]] for u in utts])
     return {"model": args.model, "head": str(args.head), "head_mode": model.head_config["mode"], "fold": args.fold,
             "labels": labels, "clean_transcripts": clean, "clean_wer_known": clean_wer, "table": table,
-            "records": records, "seconds": time.perf_counter() - t0, "decode": "greedy, temperature 0"}
+            "records": records, "seconds": time.perf_counter() - t0,
+            "decode": "none (--tag_only)" if args.tag_only else "greedy, temperature 0"}
 
 
 def save(out: Path, res: dict) -> None:
@@ -215,16 +227,22 @@ def plot(result_dirs: list[Path], figure: Path) -> None:
 
 
 def markdown(res: dict) -> str:
-    lines = [f"{res['model']} + head `{res['head_mode']}` (ESC-50 fold {res['fold']} held out); "
-             f"{sum(1 for r in res['table'] if r['snr'] is not None and r['n'])} SNRs x "
-             f"{res['table'][-1]['n']} mixtures; clean-speech WER vs known text {res['clean_wer_known']:.1f}%",
-             "", "| SNR (dB) | WER vs known text % | WER vs clean transcript % | background tag acc % |",
-             "|---|---|---|---|"]
+    wer = res["clean_wer_known"] is not None
+    head = (f"{res['model']} + head `{res['head_mode']}` ({res['head']}); noise: ESC-50 fold {res['fold']}; "
+            f"{sum(1 for r in res['table'] if r['snr'] is not None and r['n'])} SNRs x {res['table'][-1]['n']} "
+            "mixtures" + (f"; clean-speech WER vs known text {res['clean_wer_known']:.1f}%" if wer else
+                          " (--tag_only: no transcription)"))
+    lines = [head, "", "| SNR (dB) | WER vs known text % | WER vs clean transcript % | background tag acc % "
+             "(top-1) | top-5 % |", "|---|---|---|---|---|"]
     for r in res["table"]:
+        top5 = f"{r['tag_top5']:.0f}" if "tag_top5" in r else "-"
         if r["snr"] is None:
-            lines.append(f"| noise alone | - | - | {r['tag_acc']:.0f} |")
+            lines.append(f"| noise alone | - | - | {r['tag_acc']:.0f} | {top5} |")
+        elif "wer_known" in r:
+            lines.append(f"| {r['snr']:+.0f} | {r['wer_known']:.1f} | {r['wer_clean']:.1f} | {r['tag_acc']:.0f} | "
+                         f"{top5} |")
         else:
-            lines.append(f"| {r['snr']:+.0f} | {r['wer_known']:.1f} | {r['wer_clean']:.1f} | {r['tag_acc']:.0f} |")
+            lines.append(f"| {r['snr']:+.0f} | - | - | {r['tag_acc']:.0f} | {top5} |")
     return "\n".join(lines)
 
 
@@ -237,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n_clips", type=int, default=50, help="clips (one per class, class order)")
     ap.add_argument("--snrs", default=",".join(str(s) for s in SNRS))
     ap.add_argument("--out", help="results folder (results.json)")
+    ap.add_argument("--tag_only", action="store_true", help="tag the mixtures with the head only (no "
+                    "transcription, no WER): a quick check of a head on sounds under real speech")
     ap.add_argument("--plot", nargs="*", default=None, help="result folders to plot (no experiment is run)")
     ap.add_argument("--figure", default="docs/figure1.png")
     args = ap.parse_args(argv)
