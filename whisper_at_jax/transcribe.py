@@ -24,23 +24,26 @@ Two long-form modes:
     makes them independent. Fallbacks re-decode only the windows that failed, at the next temperature, in
     power-of-two sub-batches.
 
-Sound tags (``at_time_res`` given and a head on the model) live on a fixed grid as well: "tag windows" at
-absolute 30-s boundaries whose mel is sliced from the 30-s-padded spectrogram (whisper-at's and the pre-2024
-openai-whisper's slicing, so the last window's tail is the log-mel of real padding). Each tag window gives 75
-pooled steps of 0.4 s (mean of 20 encoder frames per Whisper-AT). Rows are indexed by absolute pooled step: row
-``i`` is the head applied to steps ``[i r, (i + 1) r)`` with ``r = at_time_res / 0.4`` (an integer). A row that
-straddles two tag windows (``r`` not dividing 75, or ``r > 75``) takes each step from the window that contains it;
-steps past the last window are zero, as whisper-at zero-pads a short last segment. So the tags of a file do not
-depend on the decoding at all: ``transcribe(..., at_time_res=x)["audio_tag"]`` in either mode equals
-``tag(..., at_time_res=x)["audio_tag"]``.
+Sound tags (``at_time_res`` given and a head on the model) come from the decoder's own encoder passes: one
+``encode(return_layers=True)`` per decoder window feeds the decoder its final states and the head its taps (every
+block's output before ``ln_post``). Whisper-AT pools 20 encoder frames (0.4 s) per step; here the steps are
+absolute: step ``j`` is the mean of absolute encoder frames ``[20 j, 20 j + 20)``, and row ``i`` is the head on
+steps ``[i r, (i + 1) r)`` with ``r = at_time_res / 0.4`` (an integer), so rows are aligned to absolute time
+whatever the decoder's seeks (whisper-at pools each window from its own start, so its rows drift when Whisper
+seeks off a 30-s boundary, and a later window overwrites an earlier one's rows). Each encoder frame is taken from
+the decoder window that transcribed it: in sequential mode windows overlap (a window at ``seek`` covers 30 s, the
+next one starts at its last complete timestamp ``s'``), so frames ``[seek, s')`` come from the first window and
+the rest from the next one. Seeks land on timestamps, i.e. whole encoder frames (2 mel frames), so a window's frames fall on the
+absolute frame grid; batched mode cuts its windows on even mel frames for the same reason. A step (or a row) that
+straddles two windows therefore sums frames from both. The last window gives all its 1500 frames (its tail is the
+encoding of padding, as in whisper-at); frames no window covers (past the last window; between
+``clip_timestamps`` clips) are zeros, as whisper-at zero-pads a short last segment. Temperature fallback reuses
+the window's encoder output and never reruns the head; the head runs once per batch of finished rows.
 
-Encoder passes: a decoder window that is exactly a tag window (starts on a 30-s boundary, 30 s of content:
-always the first window of a file longer than 30 s, and language detection's window) runs
-``encode(return_layers=True)`` once and feeds the decoder its final states and the head its taps. Tag windows
-the decoder never lands on exactly (sequential seeks drift off the grid; batched windows end in pauses) are
-encoded on their own, taps only, ``batch_size`` at a time, as soon as the decoder has moved past them: about
-one extra encoder pass per 30 s of audio, the price of tags that are aligned to absolute time and identical
-whatever the decoding did. Temperature fallback never reruns the encoder or the head.
+``tag(audio)`` (tags only, no decoder) encodes fixed windows at absolute 30-s boundaries, sliced from the 30-s-padded
+spectrogram (whisper-at's slicing), ``batch_size`` at a time over every device, into the same absolute grid; its
+rows equal ``transcribe``'s wherever a decoder window is the same 30-s window (always the first window of a file
+longer than 30 s), and differ slightly elsewhere (other windows, other attention context for the same frames).
 """
 
 from __future__ import annotations
@@ -60,8 +63,8 @@ from .audio import (FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_R
                     log_mel_spectrogram)
 from .decoding import DecodingOptions, DecodingResult, decode, detect_language
 
-#: Pooled steps per 30-s window (1500 encoder frames / 20).
-STEPS_PER_WINDOW = 75
+#: Encoder frames per pooled step (Whisper-AT's 0.4 s).
+FRAMES_PER_POOL = 20
 #: Mel frames per pooled step (20 encoder frames x 2 mel frames).
 FRAMES_PER_STEP = 40
 
@@ -85,18 +88,12 @@ class _Compiled:
         def encode(params, mel):
             return module.apply({"params": params}, mel, method="encode")
 
-        def encode_taps(params, mel):
-            from .heads import pool_taps
-
-            final, layers = module.apply({"params": params}, mel, True, method="encode")
-            return final, pool_taps(layers).astype(jnp.float32)
-
-        def taps_only(params, mel):
-            return encode_taps(params, mel)[1]
+        def encode_layers(params, mel):
+            return module.apply({"params": params}, mel, True, method="encode")
 
         self.encode = jax.jit(encode)
-        self.encode_taps = jax.jit(encode_taps)
-        self.taps_only = jax.jit(taps_only)
+        self.encode_layers = jax.jit(encode_layers)
+        self.step_sums = jax.jit(step_sums)
         self.head_key = None
         self.head_apply = None
 
@@ -245,106 +242,91 @@ def _temperatures(temperature: float | Sequence[float]) -> list[float]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The tag grid
+# Tags on the absolute grid
 
-class _TagGrid:
-    """Tag windows at absolute 30-s boundaries -> rows of ``steps`` pooled steps, computed as windows arrive.
+def step_sums(layers: Any, offset: Any, take: Any) -> Any:
+    """Per-window sums of 20 encoder frames on the absolute step grid, on device.
 
-    ``add(k, taps)`` takes window ``k``'s pooled taps [L, 75, d]; rows whose steps are all available (windows
-    arrive in any order) go through the head in batches, and windows no later row needs are freed, so memory
-    stays at a few windows on long files.
+    ``layers`` [B, L, T, d] are a window's block outputs; ``offset`` [B] is the window's first absolute encoder frame
+    mod 20 and ``take`` [B] how many of its frames count (the rest belong to another window). Returns float32
+    [B, L, S, d], ``S = ceil((T + 19) / 20)``: entry ``m`` sums the taken window frames that fall in absolute step
+    ``first_frame // 20 + m``.
+    """
+    b, n_layers, t, d = layers.shape
+    n_steps = -(-(t + FRAMES_PER_POOL - 1) // FRAMES_PER_POOL)
+    keep = jnp.arange(t)[None, :] < take[:, None]
+    x = jnp.where(keep[:, None, :, None], layers.astype(jnp.float32), 0.0)
+    # window frame f sits at position f + offset of its first step: pad in front, then slice per row
+    x = jnp.pad(x, ((0, 0), (0, 0), (FRAMES_PER_POOL, n_steps * FRAMES_PER_POOL - t), (0, 0)))
+    x = jax.vmap(lambda xi, o: jax.lax.dynamic_slice_in_dim(xi, FRAMES_PER_POOL - o, n_steps * FRAMES_PER_POOL,
+                                                            axis=1))(x, offset)
+    return x.reshape(b, n_layers, n_steps, FRAMES_PER_POOL, d).sum(axis=3)
+
+
+class _TagRows:
+    """Sound-tag rows on the absolute 0.4-s grid, filled window by window (see the module docstring).
+
+    ``add(sums, first_frame, take)`` takes a window's :func:`step_sums` (host array [L, S, d]) and the absolute
+    range of encoder frames it covers, ``[first_frame, first_frame + take)``; windows arrive in time order. Rows
+    whose frames all lie before the end of the latest window go through the head in batches, and their step sums
+    are freed, so memory stays at a few windows on long files. ``finish()`` tags the remaining rows (frames no
+    window covered are zeros) and returns the logits [rows, classes].
     """
 
-    def __init__(self, model: Any, mel: np.ndarray, content_frames: int, steps: int, batch_size: int,
-                 sharding: tuple[int, Any]):
-        self.model, self.mel, self.steps = model, mel, steps
-        self.n_windows = -(-content_frames // N_FRAMES)
+    def __init__(self, model: Any, content_frames: int, steps: int):
+        self.model, self.steps = model, steps
         self.n_rows = -(-content_frames // (steps * FRAMES_PER_STEP))
-        self.total_steps = self.n_windows * STEPS_PER_WINDOW
-        self.batch_size = batch_size
-        self.n_dev, self.sharding = sharding
         cfg = model.head_config or {}
         self.n_classes = int(cfg.get("n_classes") or np.shape(model.head_params["mlp_layer_1"]["bias"])[0])
         self.rows = np.zeros((self.n_rows, self.n_classes), np.float32)
-        self.taps: dict[int, np.ndarray] = {}
-        self.done_windows: set[int] = set()
+        self.sums: dict[int, np.ndarray] = {}  # absolute step -> [L, d] sum of its frames seen so far
+        self.done_frames = 0  # every absolute encoder frame before this is final
         self.next_row = 0
         self.compiled = _compiled(model)
 
-    def window_mel(self, k: int) -> np.ndarray:
-        return self.mel[:, k * N_FRAMES:(k + 1) * N_FRAMES]
-
-    def _windows_of_row(self, i: int) -> range:
-        first = i * self.steps
-        last = min((i + 1) * self.steps, self.total_steps) - 1
-        return range(first // STEPS_PER_WINDOW, last // STEPS_PER_WINDOW + 1)
-
-    def add(self, k: int, taps: Any) -> None:
-        if k in self.done_windows or k >= self.n_windows:
+    def add(self, sums: np.ndarray, first_frame: int, take: int) -> None:
+        if take <= 0:
             return
-        self.taps[k] = np.asarray(taps, np.float32)
-        self.done_windows.add(k)
-        self._flush()
-
-    def missing_before(self, frame: int) -> list[int]:
-        """Tag windows that end at or before mel frame ``frame`` and have not been computed."""
-        return [k for k in range(min(frame // N_FRAMES, self.n_windows)) if k not in self.done_windows]
-
-    def compute(self, windows: Iterable[int]) -> None:
-        """Encode the given tag windows (taps only), ``batch_size`` at a time."""
-        windows = [k for k in windows if k not in self.done_windows]
-        bs = self.batch_size
-        for s in range(0, len(windows), bs):
-            chunk = windows[s:s + bs]
-            # a power-of-two batch (a multiple of the device count): sequential mode mostly asks for one window
-            # at a time, and padding that to batch_size would encode batch_size windows for one
-            size = -(-_bucket(len(chunk), bs) // self.n_dev) * self.n_dev
-            batch = np.stack([self.window_mel(k) for k in chunk] + [self.window_mel(chunk[-1])] * (size - len(chunk)))
-            taps = np.asarray(self.compiled.taps_only(self.model.params, _put_batch(batch, self.sharding, self.n_dev)))
-            for j, k in enumerate(chunk):
-                self.add(k, taps[j])
+        if first_frame < self.done_frames:
+            raise AssertionError(f"tag frames out of order: {first_frame} < {self.done_frames}")
+        m0, offset = divmod(first_frame, FRAMES_PER_POOL)
+        n = -(-(offset + take) // FRAMES_PER_POOL)
+        for m in range(min(n, sums.shape[1])):
+            j = m0 + m
+            if j < self.n_rows * self.steps:
+                part = sums[:, m]
+                self.sums[j] = part if j not in self.sums else self.sums[j] + part
+        self.done_frames = first_frame + take
+        self._flush(self.done_frames // (self.steps * FRAMES_PER_POOL))
 
     def finish(self) -> np.ndarray:
-        self.compute(range(self.n_windows))
-        self._flush()
-        assert self.next_row == self.n_rows, (self.next_row, self.n_rows)
+        self._flush(self.n_rows)
         return self.rows
 
     def _row_taps(self, i: int) -> np.ndarray:
-        first, last = i * self.steps, (i + 1) * self.steps
-        parts = []
-        for k in self._windows_of_row(i):
-            lo = max(first, k * STEPS_PER_WINDOW) - k * STEPS_PER_WINDOW
-            hi = min(last, (k + 1) * STEPS_PER_WINDOW) - k * STEPS_PER_WINDOW
-            parts.append(self.taps[k][:, lo:hi])
-        x = np.concatenate(parts, axis=1)
-        if x.shape[1] < self.steps:  # past the last window: zeros, as whisper-at pads a short last segment
-            x = np.pad(x, ((0, 0), (0, self.steps - x.shape[1]), (0, 0)))
-        return x
+        any_step = next(iter(self.sums.values()), None)
+        shape = any_step.shape if any_step is not None else (self.model.dims.n_audio_layer,
+                                                             self.model.dims.n_audio_state)
+        zero = np.zeros(shape, np.float32)
+        steps = [self.sums.get(j, zero) for j in range(i * self.steps, (i + 1) * self.steps)]
+        return np.stack(steps, axis=1) / FRAMES_PER_POOL  # [L, steps, d]: the mean of each step's 20 frames
 
-    def _flush(self) -> None:
-        ready = []
-        i = self.next_row
-        while i < self.n_rows and all(k in self.taps for k in self._windows_of_row(i)):
-            ready.append(i)
-            i += 1
-        if not ready:
+    def _flush(self, upto: int) -> None:
+        upto = min(upto, self.n_rows)
+        if upto <= self.next_row:
             return
         head = self.compiled.head(self.model)
-        # fixed-size head batches (padded) so one compile serves every call
-        hb = 16
-        for s in range(0, len(ready), hb):
-            idx = ready[s:s + hb]
+        hb = 16  # fixed-size head batches (padded) so one compile serves every call
+        for s in range(self.next_row, upto, hb):
+            idx = list(range(s, min(s + hb, upto)))
             x = np.stack([self._row_taps(r) for r in idx])
             if len(idx) < hb:
                 x = np.concatenate([x, np.repeat(x[-1:], hb - len(idx), axis=0)])
             logits = np.asarray(head(self.model.head_params, jnp.asarray(x)))
             self.rows[idx[0]:idx[-1] + 1] = logits[: len(idx)]
-        self.next_row = i
-        still_needed = set(self._windows_of_row(self.next_row)) if self.next_row < self.n_rows else set()
-        for k in list(self.taps):
-            if k < min(still_needed, default=self.n_windows):
-                del self.taps[k]
+        self.next_row = upto
+        for j in [j for j in self.sums if j < upto * self.steps]:
+            del self.sums[j]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -479,9 +461,7 @@ def transcribe(model: Any, audio: Any, *, verbose: bool | None = None,
     mel, content_frames = _load(model, audio)
     n_dev, sharding = _mesh_sharding()
     batch_size = -(-int(batch_size) // n_dev) * n_dev  # every device gets the same number of rows
-    grid = None
-    if steps is not None:
-        grid = _TagGrid(model, mel, content_frames, steps, batch_size, (n_dev, sharding))
+    grid = _TagRows(model, content_frames, steps) if steps is not None else None
 
     common = dict(verbose=verbose, temperatures=temperatures, compression_ratio_threshold=compression_ratio_threshold,
                   logprob_threshold=logprob_threshold, no_speech_threshold=no_speech_threshold,
@@ -524,24 +504,33 @@ def _sequential(model: Any, mel: np.ndarray, content_frames: int, *, verbose, te
     compiled = _compiled(model)
     params = model.params
     dims = model.dims
-    shared: dict[int, Any] = {}  # tag window k -> final states, when encoded with taps before its decoder window
 
-    def encode_tag_window(k: int):
-        final, taps = compiled.encode_taps(params, jnp.asarray(grid.window_mel(k)[None]))
-        grid.add(k, taps[0])
-        return final
+    def encode(mel_window: np.ndarray):
+        x = jnp.asarray(mel_window[None])
+        return compiled.encode_layers(params, x) if grid is not None else (compiled.encode(params, x), None)
 
+    # the window being decoded, for the tags: (block outputs, first absolute encoder frame); its frames up to the
+    # next window's start are the ones it transcribed
+    pending: list[tuple[Any, int]] = []
+
+    def finish_pending(next_first_frame: int | None) -> None:
+        if pending:
+            layers, first = pending.pop()
+            n = layers.shape[2]
+            take = n if next_first_frame is None else max(0, min(n, next_first_frame - first))
+            sums = compiled.step_sums(layers, jnp.asarray([first % FRAMES_PER_POOL], jnp.int32),
+                                      jnp.asarray([take], jnp.int32))
+            grid.add(np.asarray(sums[0]), first, take)
+
+    first_window = None  # (features, layers) of mel[:, :3000], when language detection encoded it
     if decode_options.get("language") is None:
         if not model.is_multilingual:
             decode_options["language"] = "en"
         else:
-            first = mel[:, :N_FRAMES]  # openai-whisper: pad_or_trim(mel, N_FRAMES) of the padded spectrogram
-            if grid is not None:
-                shared[0] = encode_tag_window(0)
-                features = shared[0]
-            else:
-                features = compiled.encode(params, jnp.asarray(first[None]))
-            decode_options["language"] = _detect(model, features, verbose)
+            # openai-whisper: pad_or_trim(mel, N_FRAMES) of the padded spectrogram; for 30 s of content or more it
+            # is also the first decoder window, which then reuses this pass
+            first_window = encode(mel[:, :N_FRAMES])
+            decode_options["language"] = _detect(model, first_window[0], verbose)
     language = decode_options["language"]
     task = decode_options.get("task", "transcribe")
     tokenizer = _tokenizer(model, language, task)
@@ -586,16 +575,15 @@ def _sequential(model: Any, mel: np.ndarray, content_frames: int, *, verbose, te
             if segment_size < N_FRAMES:
                 mel_segment = np.pad(mel_segment, ((0, 0), (0, N_FRAMES - segment_size)))
 
-            # the encoder pass: shared with the tag grid when this window is exactly a tag window
-            k = seek // N_FRAMES
-            if grid is not None and seek % N_FRAMES == 0 and segment_size == N_FRAMES:
-                features = shared.pop(k, None)
-                if features is None:
-                    features = encode_tag_window(k)
+            # the window's one encoder pass: final states for the decoder, block outputs for the head
+            if first_window is not None and seek == 0 and segment_size == N_FRAMES:
+                features, layers = first_window
             else:
-                features = compiled.encode(params, jnp.asarray(mel_segment[None]))
-            if grid is not None:  # tag windows the seek has moved past will never be shared: encode them now
-                grid.compute(grid.missing_before(seek))
+                features, layers = encode(mel_segment)
+            first_window = None
+            if grid is not None:
+                finish_pending(seek // input_stride)
+                pending.append((layers, seek // input_stride))
 
             if carry_initial_prompt:
                 nignored = max(len(initial_prompt_tokens), prompt_reset_since)
@@ -633,6 +621,8 @@ def _sequential(model: Any, mel: np.ndarray, content_frames: int, *, verbose, te
                 prompt_reset_since = len(all_tokens)  # a high temperature's text is no good as a prompt
             pbar.update(min(content_frames, seek) - previous_seek)
 
+    if grid is not None:
+        finish_pending(None)
     decode_options.pop("prompt", None)
     return dict(text=tokenizer.decode(all_tokens[len(initial_prompt_tokens):]), segments=all_segments,
                 language=language)
@@ -666,7 +656,8 @@ def window_bounds(mel: np.ndarray, content_frames: int, search_frames: int = 500
         seg = loud[lo:hi + 1]
         # latest minimum: np.argmin on the reversed slice
         cut = hi - int(np.argmin(seg[::-1]))
-        bounds.append(cut)
+        # on a whole encoder frame, so the window's encoder frames (and its tags) sit on the absolute frame grid
+        bounds.append(cut - cut % 2)
     bounds.append(content_frames)
     return bounds
 
@@ -688,12 +679,7 @@ def _batched(model: Any, mel: np.ndarray, content_frames: int, *, verbose, tempe
         language = decode_options["language"] = "en"
     if language is None:
         # openai-whisper detects once, on the first 30 s of the padded spectrogram (= tag window 0)
-        first = mel[:, :N_FRAMES][None]
-        if grid is not None:
-            features, taps = compiled.encode_taps(params, jnp.asarray(first))
-            grid.add(0, taps[0])
-        else:
-            features = compiled.encode(params, jnp.asarray(first))
+        features = compiled.encode(params, jnp.asarray(mel[:, :N_FRAMES][None]))
         language = decode_options["language"] = _detect(model, features, verbose)
     tokenizer = _tokenizer(model, language, task)
     if initial_prompt is not None:
@@ -709,23 +695,28 @@ def _batched(model: Any, mel: np.ndarray, content_frames: int, *, verbose, tempe
     with _progress(n_windows, "windows", verbose is not False) as pbar:
         for b0 in range(0, n_windows, batch_size):
             ks = list(range(b0, min(b0 + batch_size, n_windows)))
-            batch = np.stack([window_mel(k) for k in ks] + [window_mel(ks[-1])] * (batch_size - len(ks)))
+            # a power-of-two batch (a multiple of the device count), filled with copies of the last window: a
+            # short file decodes 1-2 rows, not batch_size, and there are at most log2(batch_size) + 1 shapes
+            size = -(-_bucket(len(ks), batch_size) // n_dev) * n_dev
+            batch = np.stack([window_mel(k) for k in ks] + [window_mel(ks[-1])] * (size - len(ks)))
             x = _put_batch(batch, shard, n_dev)
             if grid is not None:
-                # a decoder window that is exactly a tag window (30 s starting on the grid) feeds the head too
-                features, taps = compiled.encode_taps(params, x)
-                on_grid = [(j, k) for j, k in enumerate(ks)
-                           if bounds[k] % N_FRAMES == 0 and bounds[k + 1] - bounds[k] == N_FRAMES]
-                if on_grid:
-                    taps = np.asarray(taps)
-                    for j, k in on_grid:
-                        grid.add(bounds[k] // N_FRAMES, taps[j])
+                features, layers = compiled.encode_layers(params, x)
+                # each window gives the frames it transcribed (windows do not overlap; the last one gives all)
+                first = [bounds[k] // input_stride for k in ks] + [0] * (size - len(ks))
+                take = [(bounds[k + 1] // input_stride - first[j]) if k + 1 < n_windows else layers.shape[2]
+                        for j, k in enumerate(ks)] + [0] * (size - len(ks))
+                sums = np.asarray(compiled.step_sums(
+                    layers, _put_batch(np.asarray(first, np.int32) % FRAMES_PER_POOL, shard, n_dev),
+                    _put_batch(np.asarray(take, np.int32), shard, n_dev)))
+                for j in range(len(ks)):
+                    grid.add(sums[j], first[j], take[j])
             else:
                 features = compiled.encode(params, x)
 
             results = _decode_batch_with_fallback(model, features, len(ks), temperatures, decode_options,
                                                   compression_ratio_threshold, logprob_threshold,
-                                                  no_speech_threshold, batch_size)
+                                                  no_speech_threshold, size)
             for j, k in enumerate(ks):
                 r = results[j]
                 seek = bounds[k]
@@ -746,8 +737,6 @@ def _batched(model: Any, mel: np.ndarray, content_frames: int, *, verbose, tempe
                 if verbose:
                     _print_segments(segs)
                 _finish_window(segs, all_segments, all_tokens)
-            if grid is not None:
-                grid.compute(grid.missing_before(bounds[ks[-1] + 1]))
             pbar.update(len(ks))
 
     decode_options.pop("prompt", None)
@@ -780,9 +769,9 @@ def _decode_batch_with_fallback(model: Any, features: Any, n_real: int, temperat
 
 def tag(model: Any, audio: Any, *, at_time_res: float = 10, batch_size: int = 8, verbose: bool | None = None
         ) -> dict:
-    """Sound tags only (no decoder): ``{"at_time_res", "audio_tag", "duration"}`` on the same fixed grid as
-    ``transcribe(..., at_time_res=...)`` (equal rows), tag windows encoded ``batch_size`` at a time over every
-    device. ``audio_tag`` is float32 logits ``[ceil(duration / at_time_res), n_classes]``."""
+    """Sound tags only (no decoder): ``{"at_time_res", "audio_tag", "duration"}`` on the absolute grid of
+    ``transcribe(..., at_time_res=...)``, from fixed 30-s windows encoded ``batch_size`` at a time over every
+    device (see the module docstring). ``audio_tag`` is float32 logits ``[ceil(duration / at_time_res), n_classes]``."""
     steps = at_time_res_steps(at_time_res)
     _require_head(model)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -790,11 +779,24 @@ def tag(model: Any, audio: Any, *, at_time_res: float = 10, batch_size: int = 8,
     mel, content_frames = _load(model, audio)
     n_dev, sharding = _mesh_sharding()
     batch_size = -(-int(batch_size) // n_dev) * n_dev
-    grid = _TagGrid(model, mel, content_frames, steps, batch_size, (n_dev, sharding))
-    with _progress(grid.n_windows, "windows", verbose is not False) as pbar:
-        for s in range(0, grid.n_windows, batch_size):
-            grid.compute(range(s, min(s + batch_size, grid.n_windows)))
-            pbar.update(min(batch_size, grid.n_windows - s))
+    grid = _TagRows(model, content_frames, steps)
+    compiled = _compiled(model)
+    n_windows = -(-content_frames // N_FRAMES)
+    with _progress(n_windows, "windows", verbose is not False) as pbar:
+        for s in range(0, n_windows, batch_size):
+            ks = list(range(s, min(s + batch_size, n_windows)))
+            size = -(-_bucket(len(ks), batch_size) // n_dev) * n_dev
+            ks_padded = ks + [ks[-1]] * (size - len(ks))
+            # whisper-at's slicing: 30-s windows of the padded spectrogram (the last one's tail is real padding)
+            x = _put_batch(np.stack([mel[:, k * N_FRAMES:(k + 1) * N_FRAMES] for k in ks_padded]), sharding, n_dev)
+            _, layers = compiled.encode_layers(model.params, x)
+            n = layers.shape[2]
+            zeros = _put_batch(np.zeros(size, np.int32), sharding, n_dev)
+            sums = np.asarray(compiled.step_sums(layers, zeros, _put_batch(np.full(size, n, np.int32), sharding,
+                                                                           n_dev)))
+            for j, k in enumerate(ks):
+                grid.add(sums[j], k * n, n)
+            pbar.update(len(ks))
     result = {"at_time_res": at_time_res, "audio_tag": grid.finish(),
               "duration": content_frames * HOP_LENGTH / SAMPLE_RATE}
     _attach_labels(model, result)
