@@ -195,17 +195,18 @@ def plot(result_dirs: list[Path], figure: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(6.4, 6.4), sharex=True)
-    for d in result_dirs:
+    for k, d in enumerate(result_dirs):
         res = json.loads((d / "results.json").read_text())
-        rows = [r for r in res["table"] if r["snr"] is not None]
+        rows = [r for r in res["table"] if r["snr"] is not None and "wer_known" in r]
         snr = [r["snr"] for r in rows]
-        ax1.plot(snr, [r["wer_known"] for r in rows], "o-", label=f"{res['model']}: WER vs known text")
-        ax1.plot(snr, [r["wer_clean"] for r in rows], "s--", label=f"{res['model']}: WER vs clean transcript")
-        ax2.plot(snr, [r["tag_acc"] for r in rows], "o-", label=f"{res['model']} + {res['head_mode']}")
+        color = f"C{k}"  # one colour per model in both panels
+        ax1.plot(snr, [r["wer_known"] for r in rows], "o-", color=color, label=f"{res['model']}: WER vs known text")
+        ax1.plot(snr, [r["wer_clean"] for r in rows], "s--", color=color, alpha=0.6,
+                 label=f"{res['model']}: WER vs clean transcript")
+        ax2.plot(snr, [r["tag_acc"] for r in rows], "o-", color=color, label=f"{res['model']} + {res['head_mode']}")
         noise_only = [r["tag_acc"] for r in res["table"] if r["snr"] is None]
         if noise_only:
-            ax2.axhline(noise_only[0], ls=":", color=ax2.lines[-1].get_color(),
-                        label=f"{res['model']}: noise alone")
+            ax2.axhline(noise_only[0], ls=":", color=color, label=f"{res['model']}: noise alone")
     ax1.set_ylabel("word error rate (%)")
     ax1.set_title("Speech + ESC-50 noise (Figure 1 of Whisper-AT, real material)")
     ax1.legend(fontsize=8)
@@ -246,6 +247,24 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+def synth_check(model_name: str, head: str | None = None, top: int = 3) -> list[dict]:
+    """The head on make_demo.py's audio: espeak-ng speech over each synthesised background (sounds no ESC-50 head
+    was trained on), 6 dB, one 10-s tag row. Returns per background the top classes with sigmoid probabilities."""
+    from make_demo import BACKGROUNDS, make_demo
+    from whisper_at_jax import load_model
+    from whisper_at_jax.transcribe import sigmoid, tag
+
+    model = load_model(model_name, at_head=head)
+    labels = [row[1] for row in sorted(model.head_config["labels"], key=lambda r: int(r[0]))]
+    out = []
+    for bg in sorted(BACKGROUNDS):
+        logits = np.asarray(tag(model, make_demo(bg), at_time_res=10, verbose=False)["audio_tag"])[0]
+        order = np.argsort(-logits)[:top]
+        out.append({"background": bg, "top": [[labels[i], round(float(sigmoid(logits[i])), 3)] for i in order]})
+        print(f"{bg}: " + ", ".join(f"{n} {p:.2f}" for n, p in out[-1]["top"]), flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", help="folder holding data/esc50 and data/speech")
@@ -257,9 +276,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="results folder (results.json)")
     ap.add_argument("--tag_only", action="store_true", help="tag the mixtures with the head only (no "
                     "transcription, no WER): a quick check of a head on sounds under real speech")
+    ap.add_argument("--synth_check", action="store_true", help="tag make_demo.py's synthesised backgrounds under "
+                    "speech with --model's head (default: the shipped one) and print the top classes")
     ap.add_argument("--plot", nargs="*", default=None, help="result folders to plot (no experiment is run)")
     ap.add_argument("--figure", default="docs/figure1.png")
     args = ap.parse_args(argv)
+    if args.synth_check:
+        res = synth_check(args.model, args.head)
+        if args.out:
+            save(Path(args.out), {"model": args.model, "head": str(args.head), "synth_check": res})
+        return 0
     if args.plot:
         plot([Path(p) for p in args.plot], Path(args.figure))
         return 0
