@@ -11,6 +11,7 @@ softmax in fp32, output projection tied to the token embedding. ``dtype`` is the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from typing import Any, NamedTuple
 
@@ -256,6 +257,19 @@ class AudioEncoder(nn.Module):
             raise ValueError(f"mel must be [batch, {self.n_mels}, frames], got shape {mel.shape}")
         if mel.shape[2] > 2 * self.n_ctx:
             raise ValueError(f"mel has {mel.shape[2]} frames; this encoder takes at most {2 * self.n_ctx}")
+        if self.is_initializing():
+            return self._init_forward(mel, return_layers)
+        params = self.variables["params"]
+        run = functools.partial(_encoder_forward, n_head=self.n_head, dtype=self.dtype)
+        # The CPU program loops over batch items and row blocks (see _encoder_forward_cpu); accelerators keep one
+        # batched program. Chosen when the program is lowered for its platform, not by the default backend.
+        final, layers = jax.lax.platform_dependent(
+            params, mel, cpu=lambda p, m: _encoder_forward_cpu(p, m, self.n_head, self.dtype, CPU_ENCODER_ROWS),
+            default=run)
+        return (final, layers) if return_layers else final
+
+    def _init_forward(self, mel: Array, return_layers: bool) -> Array | tuple[Array, Array]:
+        """The forward through the submodules: creates the params (``init``); same math as _encoder_forward."""
         x = mel.transpose(0, 2, 1).astype(self.dtype)
         x = gelu(self.conv1(x))
         x = gelu(self.conv2(x))
@@ -268,6 +282,97 @@ class AudioEncoder(nn.Module):
         if return_layers:
             return final, jnp.stack(layers, axis=1)
         return final
+
+
+# The encoder's forward as plain functions of its param subtree (the same tree the Linen submodules own), so it can
+# run inside lax.map. Each helper reproduces its Linen module's arithmetic (nn.Dense / nn.Conv promote inputs,
+# kernel and bias to the compute dtype; LayerNorm in fp32), so both paths give the same numbers.
+
+def _layer_norm(p: Params, x: Array, eps: float = 1e-5) -> Array:
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(-1, keepdims=True)
+    var = jnp.square(xf - mean).mean(-1, keepdims=True)
+    return ((xf - mean) * jax.lax.rsqrt(var + eps) * p["scale"] + p["bias"]).astype(x.dtype)
+
+
+def _dense(p: Params, x: Array, dtype: Any) -> Array:
+    y = jax.lax.dot_general(x.astype(dtype), p["kernel"].astype(dtype), (((x.ndim - 1,), (0,)), ((), ())))
+    return y + p["bias"].astype(dtype) if "bias" in p else y
+
+
+def _conv(p: Params, x: Array, stride: int, dtype: Any) -> Array:
+    y = jax.lax.conv_general_dilated(x.astype(dtype), p["kernel"].astype(dtype), (stride,), [(1, 1)],
+                                     dimension_numbers=("NWC", "WIO", "NWC"))
+    return y + p["bias"].astype(dtype)
+
+
+def _block_kv(p: Params, x: Array, n_head: int, dtype: Any) -> tuple[Array, Array]:
+    """Head-major keys and values [B, H, T, hd] of one encoder block's input ``x`` [B, T, d]."""
+    h = _layer_norm(p["attn_ln"], x)
+    a = p["attn"]
+    return split_heads(_dense(a["key"], h, dtype), n_head), split_heads(_dense(a["value"], h, dtype), n_head)
+
+
+def _block_rows(p: Params, x: Array, k: Array, v: Array, n_head: int, dtype: Any) -> Array:
+    """One encoder block for the query rows ``x`` [B, R, d] given the block's keys/values over all T rows:
+    everything but the keys/values is row-local, so rows can be computed a block at a time."""
+    a = p["attn"]
+    q = split_heads(_dense(a["query"], _layer_norm(p["attn_ln"], x), dtype), n_head)
+    x = x + _dense(a["out"], _attend(q, k, v, None), dtype)
+    return x + _dense(p["mlp_2"], gelu(_dense(p["mlp_0"], _layer_norm(p["mlp_ln"], x), dtype)), dtype)
+
+
+def _stem(p: Params, mel: Array, dtype: Any) -> Array:
+    x = mel.transpose(0, 2, 1).astype(dtype)
+    x = gelu(_conv(p["conv1"], x, 1, dtype))
+    x = gelu(_conv(p["conv2"], x, 2, dtype))
+    return (x + p["positional_embedding"][: x.shape[1]]).astype(dtype)
+
+
+def _n_blocks(p: Params) -> int:
+    return sum(1 for name in p if name.startswith("blocks_"))
+
+
+def _encoder_forward(p: Params, mel: Array, n_head: int, dtype: Any) -> tuple[Array, Array]:
+    """Batched encoder forward: mel [B, n_mels, F] -> (final [B, F/2, d], block outputs [B, L, F/2, d])."""
+    x = _stem(p, mel, dtype)
+    layers = []
+    for i in range(_n_blocks(p)):
+        blk = p[f"blocks_{i}"]
+        k, v = _block_kv(blk, x, n_head, dtype)
+        x = _block_rows(blk, x, k, v, n_head, dtype)
+        layers.append(x)
+    return _layer_norm(p["ln_post"], x), jnp.stack(layers, axis=1)
+
+
+# Rows of queries per step of the CPU encoder. On a 2-core x86 CPU the batched program was memory-bound: every
+# [B, T, 4d] MLP activation and [B, H, block, T] score array was a fresh buffer, and buffers over glibc's 32 MB mmap
+# limit are page-faulted on each call (575k faults per batch-8 call, ~2 s of system time). Looping over batch items
+# and 100-row blocks keeps each step's arrays at ~3.6 MB (scores [H, 100, 1500] fp32) and made the tiny.en encoder
+# 1.1x (batch 1) to 1.35x (batch 8) faster (docs/benchmarks.md). Rows are independent given the keys/values, so the
+# result equals the batched forward up to matmul rounding.
+CPU_ENCODER_ROWS = 100
+
+
+def _encoder_forward_cpu(p: Params, mel: Array, n_head: int, dtype: Any, rows: int) -> tuple[Array, Array]:
+    """_encoder_forward computed one batch item and ``rows`` query rows at a time (lax.map: small live buffers)."""
+
+    def item(mel_1: Array) -> tuple[Array, Array]:
+        x = _stem(p, mel_1[None], dtype)[0]  # [T, d]
+        t, d = x.shape
+        r = min(rows, t)
+        n = -(-t // r)
+        layers = []
+        for i in range(_n_blocks(p)):
+            blk = p[f"blocks_{i}"]
+            k, v = _block_kv(blk, x[None], n_head, dtype)
+            # Padded rows (zeros) are computed and dropped: they are queries only, never keys or values.
+            xs = jnp.pad(x, ((0, n * r - t), (0, 0))).reshape(n, 1, r, d)
+            x = jax.lax.map(lambda xr: _block_rows(blk, xr, k, v, n_head, dtype), xs).reshape(n * r, d)[:t]
+            layers.append(x)
+        return _layer_norm(p["ln_post"], x), jnp.stack(layers)
+
+    return jax.lax.map(item, mel)
 
 
 class DecoderCache(NamedTuple):
