@@ -3,18 +3,20 @@
 What runs where:
 
 - Greedy and temperature sampling run as two compiled programs per number of rows: a prefill of the initial
-  tokens in one decoder call (compiled per prompt length), then a ``lax.while_loop`` (compiled once; budget,
-  temperature and rule settings are runtime values) that applies openai-whisper's logit rules on device
-  (suppress blank / suppress tokens / timestamp rules), picks the next token, and stops when every row has
-  reached end-of-text or the token budget is spent. A row that loops (hallucination) only runs to the budget;
-  finished rows just emit end-of-text meanwhile.
+  tokens (sot sequence, prompt, prefix) in fixed 32-token decoder chunks (one program for every prompt length,
+  plus one for prompt-free windows: sequential transcription's prompt grows window by window), then a
+  ``lax.while_loop`` (compiled once; budget, temperature and rule settings are runtime values) that applies
+  openai-whisper's logit rules on device (suppress blank / suppress tokens / timestamp rules), picks the next
+  token, and stops when every row has reached end-of-text or the token budget is spent. A row that loops
+  (hallucination) only runs to the budget; finished rows just emit end-of-text meanwhile.
 - Beam search compiles one decoder step (KV-cache reorder + decoder + logit rules + log-softmax + top-k) and
   keeps openai-whisper's beam bookkeeping (candidate dict, finished lists up to ``beam_size * patience``, the
   final ranking) on the host, because its semantics (dedup of equal sequences, insertion-ordered ties,
   early stop when every audio has enough finished candidates) are defined by Python data structures.
 
 The model is used only through ``model.module.apply({"params": model.params}, ..., method=...)`` with its
-``encode`` / ``init_cache`` / ``decode`` methods.
+``encode`` / ``init_cache`` / ``decode`` methods (the prefill captures the decoder's final LayerNorm output
+``decoder.ln`` so that it projects only the two rows it needs to the vocabulary).
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ from .model import DecoderCache
 from .tokenizer import LANGUAGES, TO_LANGUAGE_CODE, Tokenizer, get_tokenizer
 
 CHUNK_LENGTH = 30  # seconds per window; timestamp precision is CHUNK_LENGTH / n_audio_ctx (0.02 s)
+# Initial tokens go through the decoder this many at a time (see _Programs.prefill; 448 = 14 * 32), or in one
+# chunk of _SHORT_PREFILL when there are no more (no prompt or prefix: the sot sequence is 1 to 4 tokens), where
+# 32 rows cost ~30% more prefill CPU time at 8 rows (measured) for nothing. So at most two prefill programs per
+# number of rows, whatever the prompt lengths.
+_PREFILL_CHUNK = 32
+_SHORT_PREFILL = 4
 
 Array = jax.Array
 
@@ -167,12 +175,50 @@ class _Programs:
                 cache = jax.tree.map(lambda x: jnp.repeat(x, n_group, axis=1), cache)
             return cache
 
-        def prefill(params, features, init_tokens, sot_index, n_group):
+        def decode_states(params, tokens, cache, offset):
+            # the decoder's final LayerNorm output (captured) instead of its logits: the logits go unused,
+            # so XLA drops their [T, n_vocab] projection, and callers project only the rows they need
+            (_, cache), state = module.apply({"params": params}, tokens, cache, offset, method="decode",
+                                             capture_intermediates=lambda m, _: m.path == ("decoder", "ln"))
+            return state["intermediates"]["decoder"]["ln"]["__call__"][0], cache
+
+        def project(params, x):
+            # the decoder's output projection (tied token embedding, fp32), as TextDecoder applies it
+            embedding = params["decoder"]["token_embedding"]["embedding"]
+            return jnp.einsum("nd,vd->nv", x.astype(jnp.float32), embedding.astype(jnp.float32))
+
+        def prefill(params, features, init_tokens, n_init, sot_index, n_group, chunk_len):
+            # init_tokens [N, n_ctx]: the initial tokens, padded on the right to the text context, so that
+            # one program serves every prompt length (condition_on_previous_text changes it every window).
+            # They go through the decoder in fixed chunks of chunk_len tokens at positions
+            # start..start+C-1. A chunk's filler tokens (positions >= n_init) only write keys/values at
+            # positions that the sampling steps overwrite before any query sees them (the causal mask hides
+            # positions after the query's), so what sampling reads is the cache of an unpadded prefill.
             cache = init_cache(params, features, n_group)
-            logits, cache = apply(params, init_tokens, cache, 0, method="decode")
-            at_sot = jnp.take(logits, sot_index, axis=1)
-            no_speech = jax.nn.softmax(at_sot, axis=-1)[:, consts.no_speech]
-            return cache, logits[:, -1], no_speech
+            n, n_ctx = init_tokens.shape
+            c = min(chunk_len, n_ctx)
+
+            def chunk(j, state):
+                self_k, self_v, last, at_sot = state
+                # the last chunk is shifted back if it would run past the context: its overlap recomputes
+                # the same tokens at the same positions (only happens when n_ctx is not a multiple of c)
+                start = jnp.minimum(j * c, n_ctx - c)
+                toks = jax.lax.dynamic_slice_in_dim(init_tokens, start, c, axis=1)
+                x, new = decode_states(params, toks, DecoderCache(self_k, self_v, cache.cross_k, cache.cross_v),
+                                       start)
+
+                def keep(row, p):  # the states at position p, if this chunk holds it
+                    here = (start <= p) & (p < start + c)
+                    return jnp.where(here, jnp.take(x, jnp.clip(p - start, 0, c - 1), axis=1), row)
+
+                return new.self_k, new.self_v, keep(last, n_init - 1), keep(at_sot, sot_index)
+
+            x = jax.eval_shape(lambda: decode_states(params, init_tokens[:, :c], cache, 0)[0])
+            zeros = jnp.zeros((n, x.shape[-1]), x.dtype)
+            state = (cache.self_k, cache.self_v, zeros, zeros)
+            self_k, self_v, last, at_sot = jax.lax.fori_loop(0, (n_init + c - 1) // c, chunk, state)
+            no_speech = jax.nn.softmax(project(params, at_sot), axis=-1)[:, consts.no_speech]
+            return DecoderCache(self_k, self_v, cache.cross_k, cache.cross_v), project(params, last), no_speech
 
         def detect(params, features, sot, language_mask):
             cache = init_cache(params, features, 1)
@@ -245,7 +291,7 @@ class _Programs:
             values, indices = jax.lax.top_k(jax.nn.log_softmax(logits, axis=-1), k)
             return cache.self_k, cache.self_v, values, indices
 
-        self.prefill = jax.jit(prefill, static_argnames=("n_group",))
+        self.prefill = jax.jit(prefill, static_argnames=("n_group", "chunk_len"))
         self.detect = jax.jit(detect)
         self.sample_loop = jax.jit(sample_loop, static_argnames=("buffer_len",))
         # the self-attention cache is donated: updated in place instead of copied every step
@@ -346,6 +392,7 @@ class _Task:
         if self.sample_begin > self.n_ctx:
             raise ValueError(f"{self.sample_begin} initial tokens (prompt + prefix) exceed the text context "
                              f"of {self.n_ctx}")
+        self.prefill_chunk = _SHORT_PREFILL if self.sample_begin <= _SHORT_PREFILL else _PREFILL_CHUNK
         # openai-whisper stops once the token list outgrows n_ctx: at most n_ctx + 1 - sample_begin steps
         self.budget = min(self.sample_len, self.n_ctx + 1 - self.sample_begin)
         # the token buffer's length is a compiled shape; one size for every sample_len up to n_ctx // 2 (the
@@ -443,8 +490,11 @@ class _Task:
                     for f, lang, p in zip(features, languages, language_probs)]
 
         tokens = np.repeat(tokens, self.n_group, axis=0)
-        cache, logits0, no_speech = progs.prefill(model.params, features, jnp.asarray(tokens),
-                                                  jnp.int32(self.sot_index), n_group=self.n_group)
+        padded = np.full((tokens.shape[0], self.n_ctx), tok.eot, np.int32)
+        padded[:, : tokens.shape[1]] = tokens
+        cache, logits0, no_speech = progs.prefill(model.params, features, jnp.asarray(padded),
+                                                  jnp.int32(self.sample_begin), jnp.int32(self.sot_index),
+                                                  n_group=self.n_group, chunk_len=self.prefill_chunk)
         if opts.beam_size is not None:
             seqs, sum_logprobs = self._beam_search(progs, cache, logits0, tokens)
         else:
