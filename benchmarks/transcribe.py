@@ -7,6 +7,8 @@ and a ~3-min file (the sample repeated with pauses and gain changes). Each imple
 subprocess (so peak memory is its own): load, a first call (compile/warm-up, reported separately), then
 ``rounds`` timed calls; the median is compared with openai-whisper's. All decode greedily (beam 1, temperature
 fallback as each library does by default; faster-whisper's ``BatchedInferencePipeline`` also applies its VAD).
+For ours, XLA compilations are counted (``jax.monitoring``'s backend-compile events): how many the first call
+made and how long they took, and how many the timed calls made (0 when every shape is reused).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ sys.path.insert(0, HERE)
 
 from common import machine, markdown_table, write_json  # noqa: E402
 
+# jax's monitoring event for one XLA compilation (jax/_src/dispatch.py BACKEND_COMPILE_EVENT)
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 IMPLEMENTATIONS = ["openai-whisper", "ours sequential", "ours batched (8)", "faster-whisper fp32",
                    "faster-whisper int8", "faster-whisper batched fp32 (8)"]
 
@@ -49,7 +53,9 @@ def make_inputs(out_dir: str) -> list[str]:
 
 
 def worker(impl: str, audio_path: str, rounds: int) -> dict:
-    """Runs in a subprocess: returns load/first/median seconds and peak RSS for one implementation."""
+    """Runs in a subprocess: returns load/first/median seconds and peak RSS for one implementation (for ours
+    also the number and seconds of XLA compilations in the first call, and the number in the timed calls)."""
+    compiles: list[float] = []  # seconds of each backend compilation (ours only)
     t0 = time.perf_counter()
     if impl == "openai-whisper":
         import torch
@@ -67,7 +73,15 @@ def worker(impl: str, audio_path: str, rounds: int) -> dict:
         audio = __import__("soundfile").read(audio_path, dtype="float32")[0]
         run = lambda: ref.transcribe(audio, fp16=False, language="en")["text"]  # noqa: E731
     elif impl.startswith("ours"):
+        import jax.monitoring
+
         import whisper_at_jax as wat
+
+        def on_duration(event: str, seconds: float, **kwargs) -> None:
+            if event == BACKEND_COMPILE_EVENT:
+                compiles.append(seconds)
+
+        jax.monitoring.register_event_duration_secs_listener(on_duration)
 
         model = wat.load_model("tiny.en", at_head=False)
         audio = wat.load_audio(audio_path)
@@ -90,16 +104,22 @@ def worker(impl: str, audio_path: str, rounds: int) -> dict:
         else:
             run = lambda: " ".join(s.text for s in fw.transcribe(audio, language="en", beam_size=1)[0])  # noqa: E731
     load_s = time.perf_counter() - t0
+    del compiles[:]  # loading's own (small) programs are not the transcription's
     t0 = time.perf_counter()
     text = run()
     first_s = time.perf_counter() - t0
+    first_compiles = list(compiles)
     times = []
     for _ in range(rounds):
         t0 = time.perf_counter()
         run()
         times.append(time.perf_counter() - t0)
-    return {"load_s": load_s, "first_s": first_s, "median_s": statistics.median(times),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "text": text}
+    out = {"load_s": load_s, "first_s": first_s, "median_s": statistics.median(times),
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "text": text}
+    if impl.startswith("ours"):
+        out.update(first_compiles=len(first_compiles), first_compile_s=sum(first_compiles),
+                   later_compiles=len(compiles) - len(first_compiles))
+    return out
 
 
 def main() -> None:
@@ -135,10 +155,13 @@ def main() -> None:
                          "seconds": f"{r['median_s']:.2f}",
                          "vs openai-whisper": f"{r['median_s'] / base:.2f}x" if base else "",
                          "first call": f"{r['first_s']:.1f} s", "load": f"{r['load_s']:.1f} s",
-                         "peak RSS": f"{r['peak_rss_mb']:.0f} MB"})
+                         "peak RSS": f"{r['peak_rss_mb']:.0f} MB",
+                         "compiles (first call)": (f"{r['first_compiles']} ({r['first_compile_s']:.1f} s)"
+                                                   if "first_compiles" in r else ""),
+                         "compiles (timed)": r.get("later_compiles", "")})
     print(f"tiny.en, greedy, {machine()}")
-    print(markdown_table(rows, ["audio", "implementation", "seconds", "vs openai-whisper", "first call", "load",
-                                "peak RSS"]))
+    print(markdown_table(rows, ["audio", "implementation", "seconds", "vs openai-whisper", "first call",
+                                "compiles (first call)", "compiles (timed)", "load", "peak RSS"]))
     if args.json:
         write_json(args.json, {"machine": machine(), "rows": rows})
 
