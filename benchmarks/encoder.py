@@ -45,6 +45,7 @@ def main() -> None:
                                      intra_threads=os.cpu_count())
     rng = np.random.default_rng(0)
     rows = []
+    load_start = os.getloadavg()[0]
     for b in [int(x) for x in args.batches.split(",")]:
         audio = rng.standard_normal((b, 480000)).astype(np.float32) * 0.1
         mel = np.stack([whisper.log_mel_spectrogram(torch.from_numpy(a)).numpy() for a in audio])
@@ -71,11 +72,14 @@ def main() -> None:
             rows.append({"batch": b, "implementation": name, "seconds": f"{secs:.3f}",
                          "vs PyTorch": f"{secs / base:.2f}x",
                          "note": f"first call (compile) {compile_s:.1f} s" if name == "ours (JAX fp32)" else ""})
+    # Other jobs share this machine: the 1-minute load average at start and end says how loaded it was.
+    load = (load_start, os.getloadavg()[0])
     print(f"tiny.en encoder, 30-s windows, {machine()}, jax {jax.__version__}, torch {torch.__version__}, "
-          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, {args.rounds} rounds, load average {load[0]:.1f} -> "
+          f"{load[1]:.1f}")
     print(markdown_table(rows, ["batch", "implementation", "seconds", "vs PyTorch", "note"]))
     if args.json:
-        write_json(args.json, {"machine": machine(), "rows": rows})
+        write_json(args.json, {"machine": machine(), "load_average": load, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The CPU encoder program (batch items and 100-row query blocks in lax.map) against the batched program that
+"""The CPU encoder program (batch items and row blocks of queries in lax.map) against the batched program that
 accelerators run, on the real tiny.en weights.
 
 Both compute the same per-row arithmetic; they may differ only by matmul summation order (different matrix

@@ -348,10 +348,10 @@ def _encoder_forward(p: Params, mel: Array, n_head: int, dtype: Any) -> tuple[Ar
 # Rows of queries per step of the CPU encoder. On a 2-core x86 CPU the batched program was memory-bound: every
 # [B, T, 4d] MLP activation and [B, H, block, T] score array was a fresh buffer, and buffers over glibc's 32 MB mmap
 # limit are page-faulted on each call (575k faults per batch-8 call, ~2 s of system time). Looping over batch items
-# and 100-row blocks keeps each step's arrays at ~3.6 MB (scores [H, 100, 1500] fp32) and made the tiny.en encoder
-# 1.1x (batch 1) to 1.35x (batch 8) faster (docs/benchmarks.md). Rows are independent given the keys/values, so the
-# result equals the batched forward up to matmul rounding.
-CPU_ENCODER_ROWS = 100
+# and row blocks keeps every buffer at one item's size; 500-row blocks (within them _attend's 250-query blocks) beat
+# 100-300 (smaller matmuls) and 750 (page faults again at batch 8) in docs/benchmarks.md's measurements. Rows are
+# independent given the keys/values, so the result equals the batched forward up to matmul rounding.
+CPU_ENCODER_ROWS = 500
 
 
 def _encoder_forward_cpu(p: Params, mel: Array, n_head: int, dtype: Any, rows: int) -> tuple[Array, Array]:
