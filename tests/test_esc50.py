@@ -113,3 +113,25 @@ def test_one_fold_through_the_trainer_is_well_above_chance(tmp_path: Path) -> No
     print(f"ESC-10 fold 1 accuracy: {r['accuracy']:.3f}")
     assert r["accuracy"] > 0.6, r
     shutil.rmtree(tmp_path / "feats")
+
+
+def test_tag_only_summary_scores_top1_and_top5_without_wer() -> None:
+    """--tag_only records carry no transcript: the table has tag accuracies only. Three mixtures at 0 dB with the
+    target first, third (top-5 hit, top-1 miss) and absent from the top 5 -> top-1 1/3, top-5 2/3."""
+    import argparse
+
+    args = argparse.Namespace(tag_only=True, model="m", head="h", fold=1)
+    recs = [{"snr": 0.0, "target": 7, "pred": 7, "top5": [7, 1, 2, 3, 4], "utterance": "jfk", "text": None},
+            {"snr": 0.0, "target": 7, "pred": 1, "top5": [1, 2, 7, 3, 4], "utterance": "jfk", "text": None},
+            {"snr": 0.0, "target": 7, "pred": 1, "top5": [1, 2, 3, 4, 5], "utterance": "jfk", "text": None},
+            {"snr": None, "target": 3, "pred": 3, "top5": [3, 0, 1, 2, 4]}]
+
+    class _Model:
+        head_config = {"mode": "wa_mlp"}
+
+    res = noise_experiment.summary(args, _Model(), ["x"] * 10, [{"name": "jfk", "text": "a b"}], {}, recs, 0.0)
+    row = next(r for r in res["table"] if r["snr"] == 0.0)
+    assert "wer_known" not in row and res["clean_wer_known"] is None
+    assert row["tag_acc"] == pytest.approx(100 / 3) and row["tag_top5"] == pytest.approx(200 / 3)
+    md = noise_experiment.markdown(res)
+    assert "| +0 | - | - | 33 | 67 |" in md and "| noise alone | - | - | 100 | 100 |" in md
