@@ -1,16 +1,24 @@
-"""Compiled decoding against openai-whisper's ``decode`` (PyTorch, fp32) on the same real weights and mel.
+"""Compiled decoding against openai-whisper's ``decode`` (PyTorch, fp32) on the same real weights and audio.
 
-Token sequences must be identical. avg_logprob / no_speech_prob: within 1e-4, because the two stacks compute
-the same fp32 graph in a different order (decoder logits agree to ~1e-5 in test_model_parity), and a sum of
-~50 per-token log-probabilities accumulates those differences; measured differences are ~2e-5.
+Token sequences must be identical. avg_logprob / no_speech_prob / language probabilities: within 1e-4, because the
+two stacks compute the same fp32 graph in a different order (decoder logits agree to ~1e-5 in test_model_parity),
+and a sum of ~50 per-token log-probabilities accumulates those differences; measured differences are ~2e-5.
+
+Speed: each side encodes each window once (module fixtures; both ``decode`` functions accept encoder output), the
+reference runs on one thread, and the tests share decoding shapes, so that few programs are compiled: one prefill
+and one sampling loop per number of rows, whatever the prompt lengths (checked here by counting compilations).
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
+from functools import lru_cache
 from pathlib import Path
+from typing import Iterator
 
+import jax.monitoring
 import numpy as np
 import pytest
 
@@ -22,15 +30,27 @@ from conftest import torch_whisper  # noqa: E402
 from whisper_at_jax.decoding import DecodingOptions, DecodingResult, decode, detect_language  # noqa: E402
 
 LOGPROB_TOL = 1e-4
+# jax's monitoring event for one XLA compilation (jax/_src/dispatch.py BACKEND_COMPILE_EVENT)
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
 def _mel(audio: np.ndarray):
-    """openai-whisper's log-mel of one 30-s window; both implementations decode this same tensor."""
+    """openai-whisper's log-mel of one 30-s window; both implementations start from this same tensor."""
     return whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(np.asarray(audio, np.float32))))
 
 
-def _ref_decode(ref, mel, **kw):
-    return whisper.decode(ref, mel, whisper.DecodingOptions(fp16=False, **kw))
+class Window:
+    """One 30-s window: the mel, and each implementation's own encoder output of it (computed once)."""
+
+    def __init__(self, model, ref, audio: np.ndarray):
+        self.mel = _mel(audio)
+        self.ours = model.encode(self.mel.numpy()[None])[0]  # [n_audio_ctx, d]
+        with torch.no_grad():
+            self.theirs = ref.encoder(self.mel[None])[0]
+
+
+def _ref_decode(ref, features, **kw):
+    return whisper.decode(ref, features, whisper.DecodingOptions(fp16=False, **kw))
 
 
 def _assert_same(ours: DecodingResult, theirs) -> None:
@@ -42,27 +62,45 @@ def _assert_same(ours: DecodingResult, theirs) -> None:
     assert ours.compression_ratio == pytest.approx(theirs.compression_ratio, rel=1e-12)
 
 
+@contextlib.contextmanager
+def _count_compiles() -> Iterator[list[str]]:
+    """Names of the XLA programs compiled inside the block."""
+    names: list[str] = []
+
+    def on_duration(event: str, seconds: float, **kwargs) -> None:
+        if event == COMPILE_EVENT:
+            names.append(str(kwargs.get("fun_name")))
+
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
+    try:
+        yield names
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_duration)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """The reference decodes with one thread: its per-token steps are too small to share, and on this shared
+    2-core machine two OpenMP threads spin-wait on each other (measured under load: greedy decoding of the
+    14-s clip took 12.4 s CPU / 53 s wall with 2 threads, 1.8 s / 10 s with 1; beam 5: 29 s vs 5.7 s CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def ref_tiny(tiny_en):
     return torch_whisper(tiny_en)
 
 
 @pytest.fixture(scope="module")
-def mel_speech(speech):
-    return _mel(speech)
-
-
-@pytest.fixture(scope="module")
-def thirds(speech) -> list[np.ndarray]:
-    """The 14-s clip cut in three ~4.7-s pieces (one sentence-ish each): short windows keep the slow
-    reference runs (beam search, base) affordable on this CPU."""
+def window(tiny_en, ref_tiny, speech):
+    """window(name) for name in "speech" (the 14-s clip) and "a", "b", "c": the clip cut in three ~4.7-s
+    pieces (one sentence-ish each), which keep the reference's slower runs (beam search) affordable."""
     n = len(speech) // 3
-    return [speech[:n], speech[n:2 * n], speech[2 * n:]]
-
-
-@pytest.fixture(scope="module")
-def mel_short(thirds):
-    return _mel(thirds[0])
+    audio = {"speech": speech, "a": speech[:n], "b": speech[n:2 * n], "c": speech[2 * n:]}
+    return lru_cache(maxsize=None)(lambda name: Window(tiny_en, ref_tiny, audio[name]))
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +115,8 @@ def german_speech() -> np.ndarray:
 
     with tempfile.TemporaryDirectory() as d:
         wav = Path(d) / "de.wav"
-        subprocess.run([exe, "-v", "de", "-w", str(wav), "Guten Morgen. Heute ist das Wetter schön."], check=True, capture_output=True)
+        subprocess.run([exe, "-v", "de", "-w", str(wav), "Guten Morgen. Heute ist das Wetter schön."], check=True,
+                       capture_output=True)
         return load_audio(str(wav))
 
 
@@ -89,73 +128,99 @@ def german_speech() -> np.ndarray:
     dict(without_timestamps=True),
     dict(),  # timestamps: ApplyTimestampRules incl. max_initial_timestamp and the logsumexp rule
 ], ids=["no_timestamps", "timestamps"])
-def test_greedy_equals_openai(tiny_en, ref_tiny, mel_speech, kw):
-    theirs = _ref_decode(ref_tiny, mel_speech, language="en", **kw)
-    ours = decode(tiny_en, mel_speech.numpy(), DecodingOptions(language="en", **kw))
+def test_greedy_equals_openai(tiny_en, ref_tiny, window, kw):
+    w = window("speech")
+    theirs = _ref_decode(ref_tiny, w.theirs, language="en", **kw)
+    ours = decode(tiny_en, w.mel.numpy(), DecodingOptions(language="en", **kw))  # from the mel: encoder path too
     _assert_same(ours, theirs)
     assert len(ours.tokens) > 40  # 14 s of real speech: a real transcript, not an early EOT
 
 
-@pytest.mark.parametrize("kw", [
-    dict(prompt="Quick brown foxes and the moon landing."),
-    dict(prefix="Please call", without_timestamps=True),
-    dict(prompt=" We choose to go.", prefix="Please"),
-], ids=["prompt", "prefix", "prompt_prefix"])
-def test_prompt_prefix_equal_openai(tiny_en, ref_tiny, thirds, kw):
-    mel = _mel(thirds[2])
-    ours = decode(tiny_en, mel.numpy(), DecodingOptions(language="en", **kw))
-    _assert_same(ours, _ref_decode(ref_tiny, mel, language="en", **kw))
-    # a prefix in timestamp mode may end the window at once (openai-whisper does the same: compared above)
-    assert len(ours.tokens) > 5 or ("prefix" in kw and not kw.get("without_timestamps"))
+def test_prompts_and_prefixes_equal_openai_one_compile(tiny_en, ref_tiny, window):
+    """Prompts and prefixes of many lengths: equal to openai-whisper, and after the first, no compilation.
+
+    The long cases span several 32-token prefill chunks; in the last one the start-of-transcript token (where
+    no_speech_prob is read) lies in an earlier chunk than the last initial token (where sampling starts).
+    """
+    w = window("c")
+    story = tiny_en.tokenizer.encode(
+        " We choose to go to the moon in this decade and do the other things, not because they are easy,"
+        " but because they are hard. The quick brown fox jumps over the lazy dog.")
+    long_prompt = (story * 8)[:200]  # real text tokens, beyond one chunk
+    cases = {
+        "prompt": dict(prompt="Quick brown foxes and the moon landing."),
+        "prefix": dict(prefix="Please call", without_timestamps=True),
+        "prompt_prefix": dict(prompt=" We choose to go.", prefix="Please"),
+        "long_prompt": dict(prompt=long_prompt),
+        "long_prompt_long_prefix": dict(prompt=long_prompt[:100], prefix=story[:40], without_timestamps=True),
+    }
+    first = True
+    for name, kw in cases.items():
+        theirs = _ref_decode(ref_tiny, w.theirs, language="en", **kw)
+        with _count_compiles() as compiled:
+            ours = decode(tiny_en, w.ours, DecodingOptions(language="en", **kw))
+        _assert_same(ours, theirs)
+        # a prefix in timestamp mode may end the window at once (openai-whisper does the same: compared above)
+        assert len(ours.tokens) > 5 or ("prefix" in kw and not kw.get("without_timestamps")), name
+        assert first or not compiled, f"{name}: a new prompt length compiled {compiled}"
+        first = False
 
 
-def test_no_suppression_from_features(tiny_en, ref_tiny, mel_short):
-    """Rules switched off (suppress_tokens="", no blank suppression, no max initial timestamp), decoding
-    precomputed encoder output."""
+def test_no_suppression_from_features(tiny_en, ref_tiny, window):
+    """Rules switched off (suppress_tokens="", no blank suppression, no max initial timestamp), batched input."""
     kw = dict(language="en", suppress_tokens="", suppress_blank=False, max_initial_timestamp=None)
-    features = tiny_en.encode(mel_short.numpy()[None])
-    _assert_same(decode(tiny_en, features, DecodingOptions(**kw))[0], _ref_decode(ref_tiny, mel_short, **kw))
+    w = window("a")
+    _assert_same(decode(tiny_en, w.ours[None], DecodingOptions(**kw))[0], _ref_decode(ref_tiny, w.theirs, **kw))
+
+
+# a prompt of 44 tokens: the prefill spans two 32-token chunks (sampling starts in the second)
+BEAM_PROMPT = (" Radio station. Please call Stella and ask her to bring these things with her from the store: six"
+               " spoons of fresh snow peas, five thick slabs of blue cheese, and maybe a snack for her brother Bob.")
 
 
 @pytest.mark.parametrize("kw", [
     dict(beam_size=5),
     # same beam count (same compiled step); patience 1.5 keeps up to 8 finished candidates
-    dict(beam_size=5, patience=1.5, length_penalty=0.6, without_timestamps=True),
-], ids=["beam5", "beam5_patience_penalty"])
-def test_beam_search_equals_openai(tiny_en, ref_tiny, mel_short, kw):
-    theirs = _ref_decode(ref_tiny, mel_short, language="en", **kw)
-    ours = decode(tiny_en, mel_short.numpy(), DecodingOptions(language="en", **kw))
+    dict(beam_size=5, patience=1.5, length_penalty=0.6, without_timestamps=True, prompt=BEAM_PROMPT),
+], ids=["beam5", "beam5_patience_penalty_prompt"])
+def test_beam_search_equals_openai(tiny_en, ref_tiny, window, kw):
+    w = window("a")
+    theirs = _ref_decode(ref_tiny, w.theirs, language="en", **kw)
+    ours = decode(tiny_en, w.ours, DecodingOptions(language="en", **kw))
     _assert_same(ours, theirs)
     assert len(ours.tokens) > 8
+    if "prompt" in kw:
+        assert len(tiny_en.tokenizer.encode(" " + kw["prompt"].strip())) > 32
 
 
-def test_token_budget(tiny_en, ref_tiny, mel_short):
+def test_token_budget(tiny_en, ref_tiny, window):
     """sample_len caps every row (a looping row cannot stall the batch); the cut matches openai-whisper's."""
-    theirs = _ref_decode(ref_tiny, mel_short, language="en", sample_len=7)
-    ours = decode(tiny_en, mel_short.numpy(), DecodingOptions(language="en", sample_len=7))
+    w = window("a")
+    theirs = _ref_decode(ref_tiny, w.theirs, language="en", sample_len=7)
+    ours = decode(tiny_en, w.ours, DecodingOptions(language="en", sample_len=7))
     _assert_same(ours, theirs)
     assert len(ours.tokens) == 7
 
 
-def test_batch_equals_single(tiny_en, thirds):
+def test_batch_equals_single(tiny_en, window):
     """Two different windows decoded together equal each decoded alone."""
-    mels = np.stack([_mel(w).numpy() for w in thirds[:2]])
-    together = decode(tiny_en, mels, DecodingOptions(language="en"))
+    features = np.stack([np.asarray(window(n).ours) for n in "ab"])
+    together = decode(tiny_en, features, DecodingOptions(language="en"))
     assert len(together) == 2
-    for w, r in zip(mels, together):
-        alone = decode(tiny_en, w, DecodingOptions(language="en"))
+    for f, r in zip(features, together):
+        alone = decode(tiny_en, f, DecodingOptions(language="en"))
         assert isinstance(alone, DecodingResult)
         assert alone.tokens == r.tokens
         assert abs(alone.avg_logprob - r.avg_logprob) < LOGPROB_TOL
     assert together[0].text != together[1].text
 
 
-def test_sampling(tiny_en, mel_short):
+def test_sampling(tiny_en, window):
     """Temperature sampling (jax.random, so not torch's draws): reproducible per seed, best_of ranks samples."""
-    mel = mel_short.numpy()
+    features = window("a").ours
     kw = dict(language="en", temperature=0.5, best_of=2, sample_len=24, without_timestamps=True)
-    a = decode(tiny_en, mel, DecodingOptions(seed=1, **kw))
-    b = decode(tiny_en, mel, DecodingOptions(seed=1, **kw))
+    a = decode(tiny_en, features, DecodingOptions(seed=1, **kw))
+    b = decode(tiny_en, features, DecodingOptions(seed=1, **kw))
     assert a.tokens == b.tokens and a.avg_logprob == b.avg_logprob
     assert a.temperature == 0.5 and np.isfinite(a.avg_logprob) and a.text and len(a.tokens) <= 24
 
@@ -166,13 +231,13 @@ def test_jfk(tiny_en, ref_tiny, shared_dir):
         pytest.skip("jfk.wav not present")
     from whisper_at_jax.audio import load_audio
 
-    mel = _mel(load_audio(str(path)))
-    ours = decode(tiny_en, mel.numpy(), DecodingOptions(language="en"))
-    _assert_same(ours, _ref_decode(ref_tiny, mel, language="en"))
+    w = Window(tiny_en, ref_tiny, load_audio(str(path)))
+    ours = decode(tiny_en, w.ours, DecodingOptions(language="en"))
+    _assert_same(ours, _ref_decode(ref_tiny, w.theirs, language="en"))
 
 
-def test_bad_options(tiny_en, mel_speech):
-    mel = mel_speech.numpy()
+def test_bad_options(tiny_en, window):
+    mel = window("a").mel.numpy()
     with pytest.raises(ValueError, match="beam_size and best_of"):
         decode(tiny_en, mel, DecodingOptions(beam_size=2, best_of=2))
     with pytest.raises(ValueError, match="best_of with greedy"):
@@ -203,14 +268,20 @@ def base_pair(base_model):
 
 
 @pytest.fixture(scope="module")
-def two_languages(thirds, german_speech):
-    return torch.stack([_mel(thirds[1]), _mel(german_speech)])
+def two_languages(base_pair, speech, german_speech):
+    """An English and a German window: each implementation's own encoder output of them (batch of 2)."""
+    model, ref = base_pair
+    n = len(speech) // 3
+    mels = torch.stack([_mel(speech[n:2 * n]), _mel(german_speech)])
+    with torch.no_grad():
+        theirs = ref.encoder(mels)
+    return model.encode(mels.numpy()), theirs
 
 
 def test_base_language_detection(base_pair, two_languages):
-    model, ref = base_pair
-    ref_tokens, ref_probs = whisper.decoding.detect_language(ref, two_languages)
-    tokens, probs = detect_language(model, two_languages.numpy())
+    (model, ref), (ours_f, theirs_f) = base_pair, two_languages
+    ref_tokens, ref_probs = whisper.decoding.detect_language(ref, theirs_f)
+    tokens, probs = detect_language(model, ours_f)
     assert list(tokens) == ref_tokens.tolist()
     assert [max(p, key=p.get) for p in probs] == ["en", "de"]
     for ours, theirs in zip(probs, ref_probs):
@@ -219,9 +290,9 @@ def test_base_language_detection(base_pair, two_languages):
 
 @pytest.mark.parametrize("task", ["transcribe", "translate"])
 def test_base_tasks_equal_openai(base_pair, two_languages, task):
-    model, ref = base_pair
-    theirs = _ref_decode(ref, two_languages, task=task)
-    ours = decode(model, two_languages.numpy(), DecodingOptions(task=task))
+    (model, ref), (ours_f, theirs_f) = base_pair, two_languages
+    theirs = _ref_decode(ref, theirs_f, task=task)
+    ours = decode(model, ours_f, DecodingOptions(task=task))
     for o, t in zip(ours, theirs):
         _assert_same(o, t)
     assert [o.language for o in ours] == ["en", "de"]
