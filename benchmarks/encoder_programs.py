@@ -1,0 +1,58 @@
+"""tiny.en encoder: the CPU program (per batch item, row blocks) vs the batched program (what accelerators run, and
+what CPU ran before) vs openai-whisper PyTorch, in one process, interleaved rounds.
+
+    python benchmarks/encoder_programs.py BATCH ROUNDS      # e.g. 1 15, 8 3
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from whisper.model import ModelDimensions, Whisper
+
+import whisper_at_jax as wat
+from whisper_at_jax import model as M
+from whisper_at_jax.convert import params_to_state_dict
+
+
+def main() -> None:
+    batch, rounds = int(sys.argv[1]), int(sys.argv[2])
+    m = wat.load_model("tiny.en", at_head=False)
+    mel = np.random.default_rng(0).standard_normal((batch, 80, 3000)).astype(np.float32)
+    mel_j, mel_t = jax.device_put(mel), torch.from_numpy(mel)
+    batched = jax.jit(lambda p, x: M._encoder_forward(p["encoder"], x, m.dims.n_audio_head, jnp.float32)[0])
+    ref = Whisper(ModelDimensions(**m.dims.to_dict()))
+    ref.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in params_to_state_dict(m.params).items()})
+    ref.eval()
+
+    def torch_run():
+        with torch.inference_mode():
+            ref.encoder(mel_t)
+
+    fns = {"batched program (accelerators; CPU before)": lambda: jax.block_until_ready(batched(m.params, mel_j)),
+           "CPU program (now)": lambda: jax.block_until_ready(m.encode(mel_j)),
+           "openai-whisper (PyTorch fp32)": torch_run}
+    for f in fns.values():
+        f()
+    load0 = os.getloadavg()[0]
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - t0)
+    base = statistics.median(times["openai-whisper (PyTorch fp32)"])
+    for name, ts in times.items():
+        print(f"batch {batch}  {name:44s} {statistics.median(ts):.3f} s  {statistics.median(ts) / base:.2f}x PyTorch")
+    print(f"{rounds} rounds, load average {load0:.1f} -> {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
