@@ -316,12 +316,13 @@ class _TagRows:
         if upto <= self.next_row:
             return
         head = self.compiled.head(self.model)
-        hb = 16  # fixed-size head batches (padded) so one compile serves every call
+        hb = 16
         for s in range(self.next_row, upto, hb):
             idx = list(range(s, min(s + hb, upto)))
             x = np.stack([self._row_taps(r) for r in idx])
-            if len(idx) < hb:
-                x = np.concatenate([x, np.repeat(x[-1:], hb - len(idx), axis=0)])
+            size = _bucket(len(idx), hb)  # power-of-two head batches: few compiles, no 16-row batch for 1 row
+            if len(idx) < size:
+                x = np.concatenate([x, np.repeat(x[-1:], size - len(idx), axis=0)])
             logits = np.asarray(head(self.model.head_params, jnp.asarray(x)))
             self.rows[idx[0]:idx[-1] + 1] = logits[: len(idx)]
         self.next_row = upto
