@@ -7,9 +7,7 @@ what CPU ran before) vs openai-whisper PyTorch, in one process, interleaved roun
 from __future__ import annotations
 
 import os
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +18,9 @@ from whisper.model import ModelDimensions, Whisper
 import whisper_at_jax as wat
 from whisper_at_jax import model as M
 from whisper_at_jax.convert import params_to_state_dict
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import time_alternating  # noqa: E402
 
 
 def main() -> None:
@@ -39,18 +40,11 @@ def main() -> None:
     fns = {"batched program (accelerators; CPU before)": lambda: jax.block_until_ready(batched(m.params, mel_j)),
            "CPU program (now)": lambda: jax.block_until_ready(m.encode(mel_j)),
            "openai-whisper (PyTorch fp32)": torch_run}
-    for f in fns.values():
-        f()
     load0 = os.getloadavg()[0]
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[name].append(time.perf_counter() - t0)
-    base = statistics.median(times["openai-whisper (PyTorch fp32)"])
-    for name, ts in times.items():
-        print(f"batch {batch}  {name:44s} {statistics.median(ts):.3f} s  {statistics.median(ts) / base:.2f}x PyTorch")
+    times = time_alternating(fns, rounds=rounds)
+    base = times["openai-whisper (PyTorch fp32)"]
+    for name, t in times.items():
+        print(f"batch {batch}  {name:44s} {t:.3f} s  {t / base:.2f}x PyTorch")
     print(f"{rounds} rounds, load average {load0:.1f} -> {os.getloadavg()[0]:.1f}")
 
 

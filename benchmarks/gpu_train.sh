@@ -4,11 +4,7 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl ml_collections
 set -uo pipefail
 OUT=${OUT:-.}
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-fi
-export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+source "$(dirname "$0")/device_env.sh"
 python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 J="$OUT/gpu_train.jsonl"
 B=benchmarks/train_throughput.py
