@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from common import machine, markdown_table, time_alternating, write_json  # noqa: E402
+from common import machine, markdown_table, openai_whisper_like, time_alternating, write_json  # noqa: E402
 
 
 def main() -> None:
@@ -31,16 +31,13 @@ def main() -> None:
     import jax
     import torch
     import whisper
-    from whisper.model import ModelDimensions, Whisper
 
     import whisper_at_jax as wat
-    from whisper_at_jax.convert import embedded_model_dir, params_to_state_dict
+    from whisper_at_jax.convert import embedded_model_dir
 
     model = wat.load_model("tiny.en", at_head=False)
     model_bf16 = wat.load_model("tiny.en", at_head=False, dtype="bfloat16")
-    ref = Whisper(ModelDimensions(**model.dims.to_dict()))
-    ref.load_state_dict({k: torch.from_numpy(v) for k, v in params_to_state_dict(model.params).items()})
-    ref.eval()
+    ref = openai_whisper_like(model)
     ct2 = ctranslate2.models.Whisper(str(embedded_model_dir("tiny.en")[0]), device="cpu", compute_type="float32",
                                      intra_threads=os.cpu_count())
     rng = np.random.default_rng(0)

@@ -13,14 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-from whisper.model import ModelDimensions, Whisper
 
 import whisper_at_jax as wat
 from whisper_at_jax import model as M
-from whisper_at_jax.convert import params_to_state_dict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import time_alternating  # noqa: E402
+from common import openai_whisper_like, time_alternating  # noqa: E402
 
 
 def main() -> None:
@@ -29,9 +27,7 @@ def main() -> None:
     mel = np.random.default_rng(0).standard_normal((batch, 80, 3000)).astype(np.float32)
     mel_j, mel_t = jax.device_put(mel), torch.from_numpy(mel)
     batched = jax.jit(lambda p, x: M._encoder_forward(p["encoder"], x, m.dims.n_audio_head, jnp.float32)[0])
-    ref = Whisper(ModelDimensions(**m.dims.to_dict()))
-    ref.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in params_to_state_dict(m.params).items()})
-    ref.eval()
+    ref = openai_whisper_like(m)
 
     def torch_run():
         with torch.inference_mode():

@@ -27,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from common import machine, markdown_table, write_json  # noqa: E402
+from common import machine, markdown_table, openai_whisper_like, write_json  # noqa: E402
 
 # jax's monitoring event for one XLA compilation (jax/_src/dispatch.py BACKEND_COMPILE_EVENT)
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -58,18 +58,9 @@ def worker(impl: str, audio_path: str, rounds: int) -> dict:
     compiles: list[float] = []  # seconds of each backend compilation (ours only)
     t0 = time.perf_counter()
     if impl == "openai-whisper":
-        import torch
-        import whisper
-        from whisper.model import ModelDimensions, Whisper
-
         import whisper_at_jax as wat
-        from whisper_at_jax.convert import params_to_state_dict
 
-        src = wat.load_model("tiny.en", at_head=False)
-        ref = Whisper(ModelDimensions(**src.dims.to_dict()))
-        ref.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in params_to_state_dict(src.params).items()})
-        ref.eval()
-        del src
+        ref = openai_whisper_like(wat.load_model("tiny.en", at_head=False))
         audio = __import__("soundfile").read(audio_path, dtype="float32")[0]
         run = lambda: ref.transcribe(audio, fp16=False, language="en")["text"]  # noqa: E731
     elif impl.startswith("ours"):

@@ -456,7 +456,8 @@ def markdown(summary: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shared", required=True, help="folder holding data/esc50 (or the ESC-50 folder itself)")
+    ap.add_argument("--shared", default="", help="folder holding data/esc50 (or the ESC-50 folder itself); may be "
+                    "left out when --features is already complete (head training and probes need only the taps)")
     ap.add_argument("--model", default="tiny.en", help="Whisper name or checkpoint path")
     ap.add_argument("--heads", default="tl_tr,tl_down_tr,wa_mlp,last_mlp,linear",
                     help=f"comma list of {sorted(HEAD_MODES)} + {list(SKLEARN_HEADS)} or head mode strings")
@@ -476,16 +477,26 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     try:
-        esc_dir = find_esc50(args.shared)
-        rows, names = read_meta(esc_dir)
+        features = Path(args.features or f"/tmp/esc50_feats_{Path(args.model).name}")
+        if args.shared:
+            rows, names = read_meta(find_esc50(args.shared))
+            extract(args.model, rows, names, features)
+            have_folds = {r["fold"] for r in rows}
+        elif args.default_head:
+            raise ESC50Error("--default_head needs --shared (it mixes speech into the ESC-50 audio)")
+        elif not (features / "meta.json").is_file():
+            raise ESC50Error(f"--shared is needed: {features} holds no complete features to train from")
+        else:
+            feats_model = json.loads((features / "meta.json").read_text()).get("model")
+            if feats_model != args.model:
+                raise ESC50Error(f"{features} holds {feats_model} features, not --model {args.model}'s")
+            have_folds = set(np.load(features / "train-folds.npy").tolist())
         folds = [int(f) for f in args.folds.split(",") if f.strip()]
-        if not folds or any(f not in {r["fold"] for r in rows} for f in folds):
-            raise ESC50Error(f"--folds {args.folds!r}: ESC-50 has folds {sorted({r['fold'] for r in rows})}")
+        if not folds or any(f not in have_folds for f in folds):
+            raise ESC50Error(f"--folds {args.folds!r}: ESC-50 has folds {sorted(have_folds)}")
         heads = [h.strip() for h in args.heads.split(",") if h.strip()]
         lrs = [float(v) for v in args.lr.split(",") if v.strip()] or [None]
-        features = Path(args.features or f"/tmp/esc50_feats_{Path(args.model).name}")
         out = Path(args.out)
-        extract(args.model, rows, names, features)
     except (ESC50Error, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
