@@ -24,11 +24,16 @@ sys.path.insert(0, HERE)
 
 from common import machine, markdown_table  # noqa: E402
 
+_ASR_COLUMNS = ["audio", "implementation", "seconds", "vs openai-whisper", "first call", "compiles (first call)",
+                "compiles (timed)", "load", "peak RSS"]
+#: (script, title, table columns, extra arguments)
 SCRIPTS = [
-    ("encoder.py", "tiny.en encoder, 30-s windows", ["batch", "implementation", "seconds", "vs PyTorch", "note"]),
-    ("transcribe.py", "transcription, tiny.en greedy",
-     ["audio", "implementation", "seconds", "vs openai-whisper", "first call", "load", "peak RSS"]),
-    ("tagging.py", "Whisper-AT tags, tiny.en + TL-TR", ["implementation", "seconds", "audio s / s"]),
+    ("encoder.py", "tiny.en encoder, 30-s windows", ["batch", "implementation", "seconds", "vs PyTorch", "note"], []),
+    ("transcribe.py", "transcription, tiny.en, temperature 0 without fallback (the same work for all)", _ASR_COLUMNS,
+     ["--greedy-only"]),
+    ("transcribe.py", "transcription, tiny.en, temperature 0 + each library's fallback (openai-whisper's defaults)",
+     _ASR_COLUMNS, []),
+    ("tagging.py", "Whisper-AT tags, tiny.en + TL-TR", ["implementation", "seconds", "audio s / s"], []),
 ]
 
 
@@ -40,9 +45,9 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="wat_run_all_")
     lines = [f"# CPU benchmarks ({datetime.date.today()}, {machine()})", "",
              "Written by `python benchmarks/run_all.py`; each table's ratios come from one run.", ""]
-    for script, title, columns in SCRIPTS:
-        out_json = os.path.join(tmp, script + ".json")
-        cmd = [sys.executable, os.path.join(HERE, script), "--rounds", str(args.rounds), "--json", out_json]
+    for i, (script, title, columns, extra) in enumerate(SCRIPTS):
+        out_json = os.path.join(tmp, f"{i}_{script}.json")
+        cmd = [sys.executable, os.path.join(HERE, script), "--rounds", str(args.rounds), "--json", out_json, *extra]
         print("running", " ".join(cmd[1:]), file=sys.stderr, flush=True)
         proc = subprocess.run(cmd, cwd=ROOT)
         lines += [f"## {title} (`benchmarks/{script}`)", ""]

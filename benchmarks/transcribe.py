@@ -52,17 +52,21 @@ def make_inputs(out_dir: str) -> list[str]:
     return paths
 
 
-def worker(impl: str, audio_path: str, rounds: int) -> dict:
+def worker(impl: str, audio_path: str, rounds: int, greedy_only: bool = False) -> dict:
     """Runs in a subprocess: returns load/first/median seconds and peak RSS for one implementation (for ours
     also the number and seconds of XLA compilations in the first call, and the number in the timed calls)."""
     compiles: list[float] = []  # seconds of each backend compilation (ours only)
+    # temperature 0 alone: no fallback, so every implementation decodes the same greedy tokens once per window.
+    # With the default fallback, a window that trips a threshold is decoded again by sampling, and how often
+    # depends on each library's random draws (torch's are unseeded): a run-to-run lottery, not speed.
+    temp = {"temperature": 0.0} if greedy_only else {}
     t0 = time.perf_counter()
     if impl == "openai-whisper":
         import whisper_at_jax as wat
 
         ref = openai_whisper_like(wat.load_model("tiny.en", at_head=False))
         audio = __import__("soundfile").read(audio_path, dtype="float32")[0]
-        run = lambda: ref.transcribe(audio, fp16=False, language="en")["text"]  # noqa: E731
+        run = lambda: ref.transcribe(audio, fp16=False, language="en", **temp)["text"]  # noqa: E731
     elif impl.startswith("ours"):
         import jax.monitoring
 
@@ -77,7 +81,7 @@ def worker(impl: str, audio_path: str, rounds: int) -> dict:
         model = wat.load_model("tiny.en", at_head=False)
         audio = wat.load_audio(audio_path)
         mode = "batched" if "batched" in impl else "sequential"
-        run = lambda: model.transcribe(audio, mode=mode, batch_size=8)["text"]  # noqa: E731
+        run = lambda: model.transcribe(audio, mode=mode, batch_size=8, **temp)["text"]  # noqa: E731
     else:
         import soundfile as sf
         from faster_whisper import BatchedInferencePipeline, WhisperModel
@@ -91,9 +95,9 @@ def worker(impl: str, audio_path: str, rounds: int) -> dict:
         if "batched" in impl:
             pipe = BatchedInferencePipeline(fw)
             run = lambda: " ".join(s.text for s in pipe.transcribe(audio, language="en", beam_size=1,  # noqa: E731
-                                                                  batch_size=8)[0])
+                                                                  batch_size=8, **temp)[0])
         else:
-            run = lambda: " ".join(s.text for s in fw.transcribe(audio, language="en", beam_size=1)[0])  # noqa: E731
+            run = lambda: " ".join(s.text for s in fw.transcribe(audio, language="en", beam_size=1, **temp)[0])  # noqa: E731
     load_s = time.perf_counter() - t0
     del compiles[:]  # loading's own (small) programs are not the transcription's
     t0 = time.perf_counter()
@@ -119,10 +123,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--impls", default=",".join(IMPLEMENTATIONS))
     ap.add_argument("--json", default=None)
+    ap.add_argument("--greedy-only", action="store_true",
+                    help="temperature 0 without fallback for every implementation (the same work for all)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.audio[0], args.rounds)))
+        print(json.dumps(worker(args.worker, args.audio[0], args.rounds, args.greedy_only)))
         return
     tmp = tempfile.mkdtemp(prefix="wat_bench_")
     inputs = args.audio or make_inputs(tmp)
@@ -134,7 +140,8 @@ def main() -> None:
         results = {}
         for impl in args.impls.split(","):
             out = subprocess.run([sys.executable, __file__, "--worker", impl, "--audio", path, "--rounds",
-                                  str(args.rounds)], capture_output=True, text=True, cwd=ROOT)
+                                  str(args.rounds)] + ["--greedy-only"] * args.greedy_only,
+                                 capture_output=True, text=True, cwd=ROOT)
             if out.returncode != 0:
                 print(f"{impl} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
                 continue
@@ -150,11 +157,11 @@ def main() -> None:
                          "compiles (first call)": (f"{r['first_compiles']} ({r['first_compile_s']:.1f} s)"
                                                    if "first_compiles" in r else ""),
                          "compiles (timed)": r.get("later_compiles", "")})
-    print(f"tiny.en, greedy, {machine()}")
+    print(f"tiny.en, greedy{' without temperature fallback' if args.greedy_only else ' + fallback'}, {machine()}")
     print(markdown_table(rows, ["audio", "implementation", "seconds", "vs openai-whisper", "first call",
                                 "compiles (first call)", "compiles (timed)", "load", "peak RSS"]))
     if args.json:
-        write_json(args.json, {"machine": machine(), "rows": rows})
+        write_json(args.json, {"machine": machine(), "greedy_only": args.greedy_only, "rows": rows})
 
 
 if __name__ == "__main__":

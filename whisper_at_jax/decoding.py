@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .model import DecoderCache
+from .model import DecoderCache, tied_logits
 from .tokenizer import LANGUAGES, TO_LANGUAGE_CODE, Tokenizer, get_tokenizer
 
 CHUNK_LENGTH = 30  # seconds per window; timestamp precision is CHUNK_LENGTH / n_audio_ctx (0.02 s)
@@ -184,8 +184,7 @@ class _Programs:
 
         def project(params, x):
             # the decoder's output projection (tied token embedding, fp32), as TextDecoder applies it
-            embedding = params["decoder"]["token_embedding"]["embedding"]
-            return jnp.einsum("nd,vd->nv", x.astype(jnp.float32), embedding.astype(jnp.float32))
+            return tied_logits(x, params["decoder"]["token_embedding"]["embedding"], module.dtype)
 
         def prefill(params, features, init_tokens, n_init, sot_index, n_group, chunk_len):
             # init_tokens [N, n_ctx]: the initial tokens, padded on the right to the text context, so that

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .model import LayerNorm, ResidualAttentionBlock
+from .model import LayerNorm, ResidualAttentionBlock, matmul_precision
 
 Array = jax.Array
 Params = dict[str, Any]
@@ -231,7 +231,7 @@ def _layer_mix(x: Array, weight: Array, axis: int) -> Array:
     """Weighted layer average: sum_l w_l x_l / sum_l w_l (raw weights, as the reference), in fp32."""
     w = weight.astype(jnp.float32)
     x = jnp.moveaxis(x.astype(jnp.float32), axis, -1)
-    return (x @ w) / jnp.sum(w)
+    return jnp.matmul(x, w, precision=matmul_precision(jnp.float32)) / jnp.sum(w)
 
 
 class ATHead(nn.Module):
@@ -258,14 +258,16 @@ class ATHead(nn.Module):
                 "layer_weight", lambda _, shape: jnp.full(shape, 1.0 / self.n_layers, jnp.float32), (self.n_layers,))
         if spec.inter_dim:
             self.down_layer_0 = LayerNorm()
-            self.down_layer_1 = nn.Dense(d, dtype=jnp.float32, kernel_init=_torch_kernel_init,
+            self.down_layer_1 = nn.Dense(d, dtype=jnp.float32, precision=matmul_precision(jnp.float32),
+                                         kernel_init=_torch_kernel_init,
                                          bias_init=_torch_uniform(self.width))
         if spec.time_heads:
             self.time_tr = ResidualAttentionBlock(d, spec.time_heads, dtype=self.dtype)
         if spec.layer_heads:
             self.layer_tr = ResidualAttentionBlock(d, spec.layer_heads, dtype=self.dtype)
         self.mlp_layer_0 = LayerNorm()
-        self.mlp_layer_1 = nn.Dense(self.n_classes, dtype=jnp.float32, kernel_init=_torch_kernel_init,
+        self.mlp_layer_1 = nn.Dense(self.n_classes, dtype=jnp.float32, precision=matmul_precision(jnp.float32),
+                                    kernel_init=_torch_kernel_init,
                                     bias_init=_torch_uniform(d))
         self.spec = spec
 

@@ -118,6 +118,23 @@ class LayerNorm(nn.Module):
         return y.astype(x.dtype)
 
 
+def matmul_precision(dtype: Any) -> jax.lax.Precision:
+    """The precision of every matmul and convolution computing in ``dtype``.
+
+    float32 compute means float32 products on every backend: XLA's DEFAULT is TF32 on NVIDIA GPUs (a single bf16
+    pass on TPUs); on an H200 it moved tiny.en's final encoder states by 0.34 (max |x| 13) from this CPU's, where
+    HIGHEST gives 6.5e-4 (``benchmarks/gpu_asr.py``, docs/benchmarks.md). bf16 compute keeps DEFAULT. On CPU both
+    are exact float32, so the CPU pays nothing.
+    """
+    return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else jax.lax.Precision.DEFAULT
+
+
+def tied_logits(x: Array, embedding: Array, dtype: Any) -> Array:
+    """The decoder's output projection: states [..., d] times the token embedding [V, d], in fp32."""
+    return jnp.einsum("...d,vd->...v", x.astype(jnp.float32), embedding.astype(jnp.float32),
+                      precision=matmul_precision(dtype))
+
+
 def gelu(x: Array) -> Array:
     return jax.nn.gelu(x, approximate=False)
 
@@ -142,13 +159,14 @@ def _attend(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
     b, h, tq, hd = q.shape
     # openai-whisper scales q and k by hd**-0.25 each; one 1/sqrt(hd) on q is the same product up to rounding.
     q = q * jnp.asarray(hd**-0.5, q.dtype)
+    precision = matmul_precision(q.dtype)
 
     def block(qb: Array, mask_b: Array | None) -> Array:
-        logits = jnp.einsum("bhqd,bhkd->bhqk", qb, k, preferred_element_type=jnp.float32)
+        logits = jnp.einsum("bhqd,bhkd->bhqk", qb, k, preferred_element_type=jnp.float32, precision=precision)
         if mask_b is not None:
             logits = logits + mask_b
         weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        return jnp.einsum("bhqk,bhkd->bhqd", weights, v)
+        return jnp.einsum("bhqk,bhkd->bhqd", weights, v, precision=precision)
 
     if mask is None and tq > _QUERY_BLOCK:
         out = jnp.concatenate([block(q[:, :, i:i + _QUERY_BLOCK], None) for i in range(0, tq, _QUERY_BLOCK)], axis=2)
@@ -163,7 +181,8 @@ class MultiHeadAttention(nn.Module):
     dtype: Any = jnp.float32
 
     def setup(self):
-        dense = lambda name, bias=True: nn.Dense(self.n_state, use_bias=bias, dtype=self.dtype, name=name)  # noqa: E731
+        dense = lambda name, bias=True: nn.Dense(  # noqa: E731
+            self.n_state, use_bias=bias, dtype=self.dtype, precision=matmul_precision(self.dtype), name=name)
         self.query = dense("query")
         self.key = dense("key", bias=False)
         self.value = dense("value")
@@ -197,8 +216,8 @@ class ResidualAttentionBlock(nn.Module):
         if self.cross_attention:
             self.cross_attn = MultiHeadAttention(self.n_state, self.n_head, self.dtype)
             self.cross_attn_ln = LayerNorm()
-        self.mlp_0 = nn.Dense(4 * self.n_state, dtype=self.dtype)
-        self.mlp_2 = nn.Dense(self.n_state, dtype=self.dtype)
+        self.mlp_0 = nn.Dense(4 * self.n_state, dtype=self.dtype, precision=matmul_precision(self.dtype))
+        self.mlp_2 = nn.Dense(self.n_state, dtype=self.dtype, precision=matmul_precision(self.dtype))
         self.mlp_ln = LayerNorm()
 
     def mlp(self, x: Array) -> Array:
@@ -238,7 +257,8 @@ class AudioEncoder(nn.Module):
 
     def setup(self):
         conv = lambda name, c_in, stride: nn.Conv(  # noqa: E731
-            self.n_state, kernel_size=(3,), strides=(stride,), padding=[(1, 1)], dtype=self.dtype, name=name)
+            self.n_state, kernel_size=(3,), strides=(stride,), padding=[(1, 1)], dtype=self.dtype,
+            precision=matmul_precision(self.dtype), name=name)
         self.conv1 = conv("conv1", self.n_mels, 1)
         self.conv2 = conv("conv2", self.n_state, 2)
         self.positional_embedding = self.param(
@@ -296,13 +316,14 @@ def _layer_norm(p: Params, x: Array, eps: float = 1e-5) -> Array:
 
 
 def _dense(p: Params, x: Array, dtype: Any) -> Array:
-    y = jax.lax.dot_general(x.astype(dtype), p["kernel"].astype(dtype), (((x.ndim - 1,), (0,)), ((), ())))
+    y = jax.lax.dot_general(x.astype(dtype), p["kernel"].astype(dtype), (((x.ndim - 1,), (0,)), ((), ())),
+                            precision=matmul_precision(dtype))
     return y + p["bias"].astype(dtype) if "bias" in p else y
 
 
 def _conv(p: Params, x: Array, stride: int, dtype: Any) -> Array:
     y = jax.lax.conv_general_dilated(x.astype(dtype), p["kernel"].astype(dtype), (stride,), [(1, 1)],
-                                     dimension_numbers=("NWC", "WIO", "NWC"))
+                                     dimension_numbers=("NWC", "WIO", "NWC"), precision=matmul_precision(dtype))
     return y + p["bias"].astype(dtype)
 
 
@@ -421,8 +442,7 @@ class TextDecoder(nn.Module):
         for i, block in enumerate(self.blocks):
             x, cache = block.decode(x, cache, i, offset, mask)
         x = self.ln(x)
-        logits = jnp.einsum("btd,vd->btv", x.astype(jnp.float32), self.token_embedding.embedding.astype(jnp.float32))
-        return logits, cache
+        return tied_logits(x, self.token_embedding.embedding, self.dtype), cache
 
 
 class Whisper(nn.Module):
