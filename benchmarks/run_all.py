@@ -1,11 +1,15 @@
-"""Run every CPU benchmark and write one page of tables: ``docs/benchmarks_cpu.md``.
+"""Run every CPU benchmark of the project and write one summary table (plus each benchmark's own table) into
+``docs/benchmarks.md``, between the ``<!-- run_all:begin -->`` and ``<!-- run_all:end -->`` markers.
 
-    python benchmarks/run_all.py [--rounds 3] [--out docs/benchmarks_cpu.md]
+    python benchmarks/run_all.py [--rounds 2] [--doc docs/benchmarks.md]
 
-Runs, in this order, each in its own process: ``encoder.py`` (tiny.en encoder vs openai-whisper and CTranslate2),
-``transcribe.py`` (vs openai-whisper and faster-whisper, peak memory per implementation), ``tagging.py`` (tags
-overhead, ``tag()`` vs whisper-at). The GPU benchmark is ``benchmarks/gpu.sh`` (a lent device only). Run it on a
-quiet machine: the ratios inside each table are measured in one run, but the tables are minutes apart.
+Runs, each in its own process and in this order: ``encoder.py`` (tiny.en encoder vs openai-whisper's PyTorch and
+CTranslate2), ``transcribe.py`` twice (temperature 0 without fallback, where every implementation does the same
+work; then with each library's temperature fallback), each against openai-whisper and faster-whisper with peak
+memory, ``tagging.py`` (the tags' cost on top of transcription, ``tag()`` vs whisper-at) and
+``train_throughput.py`` (head-training examples/s, online and cached). The GPU benchmarks are ``benchmarks/gpu.sh``,
+``gpu_train.sh`` and ``gpu_asr.sh`` (a lent device only). Run this on a quiet machine: ratios inside a table come
+from one run, interleaved or back to back, but the tables are minutes apart.
 """
 
 from __future__ import annotations
@@ -24,47 +28,133 @@ sys.path.insert(0, HERE)
 
 from common import machine, markdown_table  # noqa: E402
 
+BEGIN, END = "<!-- run_all:begin -->", "<!-- run_all:end -->"
 _ASR_COLUMNS = ["audio", "implementation", "seconds", "vs openai-whisper", "first call", "compiles (first call)",
                 "compiles (timed)", "load", "peak RSS"]
-#: (script, title, table columns, extra arguments)
+#: (key, script, title, table columns, extra arguments, takes --rounds)
 SCRIPTS = [
-    ("encoder.py", "tiny.en encoder, 30-s windows", ["batch", "implementation", "seconds", "vs PyTorch", "note"], []),
-    ("transcribe.py", "transcription, tiny.en, temperature 0 without fallback (the same work for all)", _ASR_COLUMNS,
-     ["--greedy-only"]),
-    ("transcribe.py", "transcription, tiny.en, temperature 0 + each library's fallback (openai-whisper's defaults)",
-     _ASR_COLUMNS, []),
-    ("tagging.py", "Whisper-AT tags, tiny.en + TL-TR", ["implementation", "seconds", "audio s / s"], []),
+    ("encoder", "encoder.py", "tiny.en encoder, 30-s windows",
+     ["batch", "implementation", "seconds", "vs PyTorch", "note"], [], True),
+    ("asr_greedy", "transcribe.py", "transcription, tiny.en, temperature 0 without fallback (the same work for all)",
+     _ASR_COLUMNS, ["--greedy-only"], True),
+    ("asr_fallback", "transcribe.py",
+     "transcription, tiny.en, temperature 0 + each library's fallback (openai-whisper's defaults)",
+     _ASR_COLUMNS, [], True),
+    ("tags", "tagging.py", "Whisper-AT tags, tiny.en + TL-TR", ["implementation", "seconds", "audio s / s"], [], True),
+    ("train", "train_throughput.py", "head training, tiny.en + TL-TR (the trainer, batch 16)",
+     ["mode", "head", "batch", "steps", "examples_per_s", "wall_s_incl_compile"],
+     ["--size", "tiny.en", "--modes", "cached,online", "--batch", "16", "--steps", "6"], False),
 ]
+
+
+def _read(path: str) -> dict:
+    with open(path) as f:
+        text = f.read()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:  # train_throughput.py appends one JSON object per line
+        return {"rows": [json.loads(line) for line in text.splitlines() if line.strip()]}
+
+
+def _find(rows: list[dict], **match) -> dict | None:
+    for r in rows:
+        if all(str(r.get(k, "")).startswith(v) for k, v in match.items()):
+            return r
+    return None
+
+
+def summary_rows(results: dict[str, dict]) -> list[dict]:
+    """One table over every benchmark: ours against the reference it is judged by, as a time ratio (< 1: ours is
+    faster) or throughput."""
+    out: list[dict] = []
+    enc = results.get("encoder", {}).get("rows", [])
+    for b in sorted({r["batch"] for r in enc}):
+        ours = _find(enc, batch=str(b), implementation="ours (JAX fp32)")
+        ct2 = _find(enc, batch=str(b), implementation="CTranslate2")
+        if ours:
+            out.append({"benchmark": f"encoder, batch {b}", "ours": f"{ours['seconds']} s",
+                        "reference": "openai-whisper PyTorch fp32", "ours / reference time": ours["vs PyTorch"],
+                        "other": f"CTranslate2 fp32 {ct2['vs PyTorch']}" if ct2 else ""})
+    for key, label in (("asr_greedy", "no fallback"), ("asr_fallback", "with fallback")):
+        rows = results.get(key, {}).get("rows", [])
+        for audio in dict.fromkeys(r["audio"] for r in rows):
+            ref = _find(rows, audio=audio, implementation="openai-whisper")
+            fw = _find(rows, audio=audio, implementation="faster-whisper fp32")
+            for impl, judge in (("ours sequential", ref), ("ours batched", fw)):
+                ours = _find(rows, audio=audio, implementation=impl)
+                if ours and judge:
+                    ratio = float(ours["seconds"]) / float(judge["seconds"])
+                    out.append({"benchmark": f"transcribe {audio}, {label}", "ours": f"{impl}: {ours['seconds']} s",
+                                "reference": f"{judge['implementation']}: {judge['seconds']} s",
+                                "ours / reference time": f"{ratio:.2f}x",
+                                "other": f"peak RSS {ours['peak RSS']} vs {judge['peak RSS']}"})
+    tags = results.get("tags", {})
+    for k, v in tags.get("summary", {}).items():
+        out.append({"benchmark": "tags", "ours": k, "reference": "", "ours / reference time": v, "other": ""})
+    for r in results.get("train", {}).get("rows", []):
+        out.append({"benchmark": f"head training ({r['mode']})", "ours": f"{r['examples_per_s']:.1f} examples/s",
+                    "reference": "", "ours / reference time": "", "other": f"{r['head']}, batch {r['batch']}"})
+    return out
+
+
+def render(results: dict[str, dict], failed: dict[str, int], scripts: list[tuple], command: str,
+           load: tuple[float, float]) -> str:
+    lines = [BEGIN, f"## All CPU benchmarks in one run ({datetime.datetime.now():%Y-%m-%d %H:%M}, {machine()})", "",
+             f"Written by `{command}` (1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the "
+             "end). Summary (ratios < 1: ours takes less time):", "",
+             markdown_table(summary_rows(results), ["benchmark", "ours", "reference", "ours / reference time",
+                                                    "other"]), ""]
+    for key, script, title, columns, _, _ in scripts:
+        lines += [f"### {title} (`benchmarks/{script}`)", ""]
+        if key in failed:
+            lines += [f"failed (exit {failed[key]})", ""]
+            continue
+        lines += [markdown_table(results[key]["rows"], columns), ""]
+        lines += [f"- {k}: {v}" for k, v in results[key].get("summary", {}).items()] + [""]
+    return "\n".join(lines + [END])
+
+
+def write_section(doc: str, section: str) -> None:
+    """Replace the run_all section of ``doc`` (or insert it after the first paragraph), atomically."""
+    text = open(doc).read() if os.path.exists(doc) else "# Benchmarks\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        first, sep, rest = text.partition("\n\n")
+        first2, sep2, rest2 = rest.partition("\n\n")  # after the title and the intro paragraph
+        text = first + sep + first2 + sep2 + section + "\n\n" + rest2
+    tmp = doc + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, doc)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks_cpu.md"))
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--doc", default=os.path.join(ROOT, "docs", "benchmarks.md"))
+    ap.add_argument("--only", default="", help="comma list of keys to run (" + ",".join(s[0] for s in SCRIPTS) + ")")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="wat_run_all_")
-    lines = [f"# CPU benchmarks ({datetime.date.today()}, {machine()})", "",
-             "Written by `python benchmarks/run_all.py`; each table's ratios come from one run.", ""]
-    for i, (script, title, columns, extra) in enumerate(SCRIPTS):
-        out_json = os.path.join(tmp, f"{i}_{script}.json")
-        cmd = [sys.executable, os.path.join(HERE, script), "--rounds", str(args.rounds), "--json", out_json, *extra]
+    results: dict[str, dict] = {}
+    failed: dict[str, int] = {}
+    only = set(filter(None, args.only.split(",")))
+    scripts = [s for s in SCRIPTS if not only or s[0] in only]
+    load_start = os.getloadavg()[0]
+    for key, script, _, _, extra, takes_rounds in scripts:
+        out_json = os.path.join(tmp, f"{key}.json")
+        cmd = [sys.executable, os.path.join(HERE, script), "--json", out_json, *extra]
+        cmd += ["--rounds", str(args.rounds)] if takes_rounds else []
         print("running", " ".join(cmd[1:]), file=sys.stderr, flush=True)
         proc = subprocess.run(cmd, cwd=ROOT)
-        lines += [f"## {title} (`benchmarks/{script}`)", ""]
         if proc.returncode != 0 or not os.path.exists(out_json):
-            lines += [f"failed (exit {proc.returncode})", ""]
-            continue
-        with open(out_json) as f:
-            data = json.load(f)
-        lines += [markdown_table(data["rows"], columns), ""]
-        for k, v in data.get("summary", {}).items():
-            lines.append(f"- {k}: {v}")
-        lines.append("")
-    tmp_out = args.out + ".tmp"
-    with open(tmp_out, "w") as f:
-        f.write("\n".join(lines))
-    os.replace(tmp_out, args.out)
-    print(f"wrote {args.out}", file=sys.stderr)
+            failed[key] = proc.returncode
+        else:
+            results[key] = _read(out_json)
+    command = "python benchmarks/run_all.py " + " ".join(sys.argv[1:])
+    write_section(args.doc, render(results, failed, scripts, command.strip(), (load_start, os.getloadavg()[0])))
+    print(f"wrote the run_all section of {args.doc}", file=sys.stderr)
 
 
 if __name__ == "__main__":
