@@ -3,6 +3,7 @@ training code on ESC-50 (needs ../shared/data/esc50; skipped without it)."""
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import sys
@@ -93,6 +94,41 @@ def test_esc50_labels_and_bad_folder(tmp_path: Path) -> None:
     assert labels == [[0, "dog", "Dog"], [1, "chirping_birds", "Chirping birds"]]
     with pytest.raises(esc50.ESC50Error, match="no ESC-50"):
         esc50.find_esc50(tmp_path)
+
+
+def _separable_features(path: Path, model: str = "tiny.en") -> Path:
+    """A features folder like scripts/esc50.py's, of made-up taps: 2 classes x 2 folds x 10 clips, each class
+    shifted along its own feature, so a working probe separates them and a broken fold split or label join does not."""
+    from whisper_at_jax.train import FeatureWriter
+
+    rng = np.random.default_rng(0)
+    writer = FeatureWriter(path, "train", {"model": model, "n_layers": 4, "width": 8, "steps": 5, "pool": 10,
+                                           "clip_seconds": 5.0, "labels": ["dog", "rain"], "source": "ESC-50"})
+    for fold in (1, 2):
+        target = np.repeat([0, 1], 10)
+        taps = rng.standard_normal((20, 4, 5, 8)).astype(np.float32)
+        taps[np.arange(20), :, :, target] += 3.0
+        writer.add(taps, np.eye(2, dtype=np.float32)[target], [f"{fold}-{i}" for i in range(20)], [fold] * 20)
+    writer.close()
+    return path
+
+
+def test_training_from_complete_features_needs_no_dataset(tmp_path: Path, capsys) -> None:
+    """Without --shared, scripts/esc50.py trains and probes from a complete features folder alone (how the GPU runs
+    of docs/results.md were made: the taps travel, the audio does not); what it cannot do is named."""
+    feats = _separable_features(tmp_path / "feats")
+    out = tmp_path / "out"
+    assert esc50.main(["--model", "tiny.en", "--features", str(feats), "--heads", "linear", "--folds", "1,2",
+                       "--out", str(out)]) == 0
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert sorted(r["fold"] for r in runs) == [1, 2] and all(r["accuracy"] > 0.9 for r in runs), runs
+    for argv, message in ((["--model", "base"], "holds tiny.en features, not --model base's"),
+                          (["--model", "tiny.en", "--folds", "3"], "ESC-50 has folds [1, 2]"),
+                          (["--model", "tiny.en", "--default_head", str(tmp_path / "h")], "needs --shared")):
+        assert esc50.main(argv + ["--features", str(feats), "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+    assert esc50.main(["--features", str(tmp_path / "none"), "--out", str(out)]) == 2
+    assert "--shared is needed" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # ~50 s alone on this CPU (160 clips encoded), ~100 s under the team's load
