@@ -109,7 +109,8 @@ def render(results: dict[str, dict], failed: dict[str, int], scripts: list[tuple
         if key in failed:
             lines += [f"failed (exit {failed[key]})", ""]
             continue
-        lines += [markdown_table(results[key]["rows"], columns), ""]
+        rows = [{k: f"{v:.1f}" if isinstance(v, float) else v for k, v in r.items()} for r in results[key]["rows"]]
+        lines += [markdown_table(rows, columns), ""]
         lines += [f"- {k}: {v}" for k, v in results[key].get("summary", {}).items()] + [""]
     return "\n".join(lines + [END])
 
