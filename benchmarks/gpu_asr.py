@@ -76,7 +76,9 @@ def _time(fn, rounds: int) -> tuple[float, float]:
     return first, statistics.median(times) if times else first
 
 
-def check(ref_dir: str, rounds: int) -> dict:
+def check(ref_dir: str, rounds: int, json_path: str = "") -> dict:
+    """Runs the checks; the report is (re)written to ``json_path`` after each part, so a run cut short by its time
+    limit still returns what it measured."""
     import jax
 
     import whisper_at_jax as wat
@@ -112,12 +114,21 @@ def check(ref_dir: str, rounds: int) -> dict:
                 row[f"{long_name}/{mode} median_s"] = round(median, 3)
         print(json.dumps(row, indent=1), flush=True)
         report["rows"].append(row)
+        _save(report, json_path)
     try:
         report["openai-whisper"] = _openai_whisper(audio[long_name], ref["text"][f"{long_name}/sequential"], rounds)
         print(json.dumps(report["openai-whisper"], indent=1), flush=True)
     except ImportError as e:
         report["openai-whisper"] = f"not run: {e}"
+    _save(report, json_path)
     return report
+
+
+def _save(report: dict, path: str) -> None:
+    if path:
+        with open(path + ".tmp", "w") as f:
+            json.dump(report, f, indent=1)
+        os.replace(path + ".tmp", path)
 
 
 def _openai_whisper(audio: np.ndarray, cpu_text: str, rounds: int) -> dict:
@@ -154,10 +165,7 @@ def main() -> None:
     if args.reference:
         reference(args.reference)
     if args.check:
-        report = check(args.check, args.rounds)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(report, f, indent=1)
+        check(args.check, args.rounds, args.json)
 
 
 if __name__ == "__main__":
