@@ -171,13 +171,7 @@ class _Programs:
 
         def init_cache(params, features, n_group):
             cache = apply(params, features, method="init_cache")
-            if n_group > 1:
-                # batch is axis 1 of the stacked self-attention arrays, axis 0 of the per-layer cross ones
-                self_k, self_v = (jnp.repeat(x, n_group, axis=1) for x in (cache.self_k, cache.self_v))
-                cross_k, cross_v = (tuple(jnp.repeat(x, n_group, axis=0) for x in xs)
-                                    for xs in (cache.cross_k, cache.cross_v))
-                cache = DecoderCache(self_k, self_v, cross_k, cross_v)
-            return cache
+            return cache.repeat_rows(n_group) if n_group > 1 else cache
 
         def decode_states(params, tokens, cache, offset):
             # the decoder's final LayerNorm output (captured) instead of its logits: the logits go unused,

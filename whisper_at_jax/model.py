@@ -412,6 +412,12 @@ class DecoderCache(NamedTuple):
     cross_k: tuple[Array, ...]
     cross_v: tuple[Array, ...]
 
+    def repeat_rows(self, n: int) -> "DecoderCache":
+        """Every batch row ``n`` times in a row (beam search, best-of: a group of rows per audio)."""
+        return DecoderCache(jnp.repeat(self.self_k, n, axis=1), jnp.repeat(self.self_v, n, axis=1),
+                            tuple(jnp.repeat(x, n, axis=0) for x in self.cross_k),
+                            tuple(jnp.repeat(x, n, axis=0) for x in self.cross_v))
+
 
 class TextDecoder(nn.Module):
     n_vocab: int
