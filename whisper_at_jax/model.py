@@ -129,10 +129,15 @@ def matmul_precision(dtype: Any) -> jax.lax.Precision:
     return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else jax.lax.Precision.DEFAULT
 
 
-def tied_logits(x: Array, embedding: Array, dtype: Any) -> Array:
-    """The decoder's output projection: states [..., d] times the token embedding [V, d], in fp32."""
-    return jnp.einsum("...d,vd->...v", x.astype(jnp.float32), embedding.astype(jnp.float32),
-                      precision=matmul_precision(dtype))
+def tied_logits(x: Array, embedding: Array, dtype: Any, *, transposed: bool = False) -> Array:
+    """The decoder's output projection: states [..., d] times the token embedding [V, d], in fp32.
+
+    ``transposed``: ``embedding`` is its [d, V] copy (``embedding.T``, contiguous). Decoding one row at a time on
+    CPU uses it: XLA CPU's matrix-vector product reads that layout faster (tiny.en: 8.1 vs 8.75 ms per decoding
+    step; docs/benchmarks.md), while for several rows the [V, d] layout is as fast or faster.
+    """
+    spec = "...d,dv->...v" if transposed else "...d,vd->...v"
+    return jnp.einsum(spec, x.astype(jnp.float32), embedding.astype(jnp.float32), precision=matmul_precision(dtype))
 
 
 def gelu(x: Array) -> Array:
