@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -156,10 +156,15 @@ def split_heads(x: Array, n_head: int) -> Array:
     return x.reshape(b, t, n_head, d // n_head).transpose(0, 2, 1, 3)
 
 
-def _attend(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
+def _attend(q: Array, k: Array, v: Array, mask: Array | None, query_block: int = _QUERY_BLOCK) -> Array:
     """Scaled dot-product attention over head-major [B, H, T, hd] arrays -> [B, Tq, H*hd]; softmax in fp32.
 
-    ``mask`` is additive, broadcastable to [B, H, Tq, Tk] (0 where allowed, -inf where not).
+    ``mask`` is additive, broadcastable to [B, H, Tq, Tk] (0 where allowed, -inf where not). Without a mask,
+    queries go in blocks of ``query_block``.
+
+    The softmax is normalised before the product with the values. Normalising after it (one division per output
+    instead of one per score) made tiny.en's encoder ~8% faster on CPU but doubled its last block's distance from
+    a float64 forward (2.4e-3 -> 5.3e-3, max magnitude 623; PyTorch fp32: 3.2e-3), so it was not kept.
     """
     b, h, tq, hd = q.shape
     # openai-whisper scales q and k by hd**-0.25 each; one 1/sqrt(hd) on q is the same product up to rounding.
@@ -173,8 +178,8 @@ def _attend(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
         weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
         return jnp.einsum("bhqk,bhkd->bhqd", weights, v, precision=precision)
 
-    if mask is None and tq > _QUERY_BLOCK:
-        out = jnp.concatenate([block(q[:, :, i:i + _QUERY_BLOCK], None) for i in range(0, tq, _QUERY_BLOCK)], axis=2)
+    if mask is None and tq > query_block:
+        out = jnp.concatenate([block(q[:, :, i:i + query_block], None) for i in range(0, tq, query_block)], axis=2)
     else:
         out = block(q, mask)
     return out.transpose(0, 2, 1, 3).reshape(b, tq, h * hd)
@@ -332,20 +337,16 @@ def _conv(p: Params, x: Array, stride: int, dtype: Any) -> Array:
     return y + p["bias"].astype(dtype)
 
 
-def _block_kv(p: Params, x: Array, n_head: int, dtype: Any) -> tuple[Array, Array]:
-    """Head-major keys and values [B, H, T, hd] of one encoder block's input ``x`` [B, T, d]."""
-    h = _layer_norm(p["attn_ln"], x)
-    a = p["attn"]
-    return split_heads(_dense(a["key"], h, dtype), n_head), split_heads(_dense(a["value"], h, dtype), n_head)
-
-
-def _block_rows(p: Params, x: Array, k: Array, v: Array, n_head: int, dtype: Any) -> Array:
-    """One encoder block for the query rows ``x`` [B, R, d] given the block's keys/values over all T rows:
-    everything but the keys/values is row-local, so rows can be computed a block at a time."""
-    a = p["attn"]
-    q = split_heads(_dense(a["query"], _layer_norm(p["attn_ln"], x), dtype), n_head)
-    x = x + _dense(a["out"], _attend(q, k, v, None), dtype)
+def _block_mlp(p: Params, x: Array, dtype: Any) -> Array:
     return x + _dense(p["mlp_2"], gelu(_dense(p["mlp_0"], _layer_norm(p["mlp_ln"], x), dtype)), dtype)
+
+
+def _block_attention(p: Params, x: Array, n_head: int, dtype: Any, attend: Callable[..., Array]) -> Array:
+    """x [B, T, d] plus one encoder block's self-attention of it; ``attend(q, k, v)`` over [B, H, T, hd] arrays."""
+    a = p["attn"]
+    h = _layer_norm(p["attn_ln"], x)
+    q, k, v = (split_heads(_dense(a[name], h, dtype), n_head) for name in ("query", "key", "value"))
+    return x + _dense(a["out"], attend(q, k, v), dtype)
 
 
 def _stem(p: Params, mel: Array, dtype: Any) -> Array:
@@ -365,38 +366,47 @@ def _encoder_forward(p: Params, mel: Array, n_head: int, dtype: Any) -> tuple[Ar
     layers = []
     for i in range(_n_blocks(p)):
         blk = p[f"blocks_{i}"]
-        k, v = _block_kv(blk, x, n_head, dtype)
-        x = _block_rows(blk, x, k, v, n_head, dtype)
+        x = _block_mlp(blk, _block_attention(blk, x, n_head, dtype, lambda q, k, v: _attend(q, k, v, None)), dtype)
         layers.append(x)
     return _layer_norm(p["ln_post"], x), jnp.stack(layers, axis=1)
 
 
-# Rows of queries per step of the CPU encoder. On a 2-core x86 CPU the batched program was memory-bound: every
-# [B, T, 4d] MLP activation and [B, H, block, T] score array was a fresh buffer, and buffers over glibc's 32 MB mmap
-# limit are page-faulted on each call (575k faults per batch-8 call, ~2 s of system time). Looping over batch items
-# and row blocks keeps every buffer at one item's size; 500-row blocks (within them _attend's 250-query blocks) beat
-# 100-300 (smaller matmuls) and 750 (page faults again at batch 8) in docs/benchmarks.md's measurements. Rows are
-# independent given the keys/values, so the result equals the batched forward up to matmul rounding.
+# The CPU encoder program (_encoder_forward_cpu) keeps every intermediate buffer small. On a 2-core x86 CPU the
+# batched program was memory-bound: every [B, T, 4d] MLP activation and [B, H, block, T] score array was a fresh
+# buffer, and buffers over glibc's 32 MB mmap limit are page-faulted on each call (575k faults per batch-8 call, ~2 s
+# of system time). So it loops (lax.map) over batch items; within an item, attention runs one head at a time
+# (XLA CPU's products batched over the heads ran at about half the speed of one head's: tiny.en, 1500 x 1500, 6 heads:
+# 57 vs 28 ms) in blocks of CPU_ATTENTION_QUERIES queries, and the MLP over blocks of CPU_ENCODER_ROWS rows (a
+# [rows, 4d] activation: 10 MB for large-v3). Rows and heads are independent, so the result equals the batched
+# forward up to rounding. Block sizes: docs/benchmarks.md ("Encoder").
 CPU_ENCODER_ROWS = 500
+CPU_ATTENTION_QUERIES = 500
+
+
+def _attend_per_head(q: Array, k: Array, v: Array) -> Array:
+    """_attend without a mask over [1, H, T, hd] arrays, one head at a time -> [1, Tq, H*hd]."""
+    one = lambda qkv: _attend(*(x[None, None] for x in qkv), None, CPU_ATTENTION_QUERIES)[0]  # noqa: E731
+    out = jax.lax.map(one, (q[0], k[0], v[0]))  # [H, Tq, hd]
+    return out.transpose(1, 0, 2).reshape(1, q.shape[2], -1)
 
 
 def _encoder_forward_cpu(p: Params, mel: Array, n_head: int, dtype: Any, rows: int) -> tuple[Array, Array]:
-    """_encoder_forward computed one batch item and ``rows`` query rows at a time (lax.map: small live buffers)."""
+    """_encoder_forward, one batch item, one attention head and ``rows`` MLP rows at a time (small live buffers)."""
 
     def item(mel_1: Array) -> tuple[Array, Array]:
-        x = _stem(p, mel_1[None], dtype)[0]  # [T, d]
-        t, d = x.shape
+        x = _stem(p, mel_1[None], dtype)  # [1, T, d]
+        t, d = x.shape[1:]
         r = min(rows, t)
         n = -(-t // r)
         layers = []
         for i in range(_n_blocks(p)):
             blk = p[f"blocks_{i}"]
-            k, v = _block_kv(blk, x[None], n_head, dtype)
-            # Padded rows (zeros) are computed and dropped: they are queries only, never keys or values.
-            xs = jnp.pad(x, ((0, n * r - t), (0, 0))).reshape(n, 1, r, d)
-            x = jax.lax.map(lambda xr: _block_rows(blk, xr, k, v, n_head, dtype), xs).reshape(n * r, d)[:t]
-            layers.append(x)
-        return _layer_norm(p["ln_post"], x), jnp.stack(layers)
+            x = _block_attention(blk, x, n_head, dtype, _attend_per_head)
+            # padded rows (zeros) are computed and dropped
+            xs = jnp.pad(x[0], ((0, n * r - t), (0, 0))).reshape(n, r, d)
+            x = jax.lax.map(lambda xr: _block_mlp(blk, xr, dtype), xs).reshape(1, n * r, d)[:, :t]
+            layers.append(x[0])
+        return _layer_norm(p["ln_post"], x[0]), jnp.stack(layers)
 
     return jax.lax.map(item, mel)
 
