@@ -156,6 +156,14 @@ def _apply_rules(logits: Array, sampled: Array, i: Array, rules: _Rules, c: _Con
     return jnp.where(rules.timestamps, ts, logits)
 
 
+def _first_argmax(x: Array) -> Array:
+    """``jnp.argmax(x, -1)`` (the first index of the maximum) as two plain reductions: argmax lowers to one
+    (value, index) reduction that XLA CPU does not vectorize, 0.24 ms over tiny.en's 51864 logits per decoding step."""
+    ids = jnp.arange(x.shape[-1], dtype=jnp.int32)
+    first = jnp.min(jnp.where(x == x.max(axis=-1, keepdims=True), ids, x.shape[-1]), axis=-1)
+    return jnp.minimum(first, x.shape[-1] - 1)  # NaN logits (no index equals the max): stay in the vocabulary
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Compiled programs, one set per model
 
@@ -236,7 +244,7 @@ class _Programs:
                 temperature > 0,
                 lambda: jax.random.categorical(jax.random.fold_in(key, i),
                                                logits / jnp.maximum(temperature, 1e-30), axis=-1).astype(jnp.int32),
-                lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32))
+                lambda: _first_argmax(logits))
             logprobs = jax.nn.log_softmax(logits, axis=-1)
             current = jnp.take_along_axis(logprobs, nxt[:, None], axis=1)[:, 0]
             live = last != consts.eot
