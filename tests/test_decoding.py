@@ -203,7 +203,8 @@ def test_token_budget(tiny_en, ref_tiny, window):
 
 
 def test_batch_equals_single(tiny_en, window):
-    """Two different windows decoded together equal each decoded alone."""
+    """Two different windows decoded together equal each decoded alone (alone, on CPU, the output projection reads
+    the embedding's [d, V] copy; together, the embedding itself)."""
     features = np.stack([np.asarray(window(n).ours) for n in "ab"])
     together = decode(tiny_en, features, DecodingOptions(language="en"))
     assert len(together) == 2
@@ -213,6 +214,21 @@ def test_batch_equals_single(tiny_en, window):
         assert alone.tokens == r.tokens
         assert abs(alone.avg_logprob - r.avg_logprob) < LOGPROB_TOL
     assert together[0].text != together[1].text
+
+
+def test_first_argmax_is_argmax():
+    """The greedy pick (max, then the first index holding it) is jnp.argmax, ties and -inf rows included."""
+    import jax.numpy as jnp
+
+    from whisper_at_jax.decoding import _first_argmax
+
+    x = np.random.default_rng(0).standard_normal((6, 51864)).astype(np.float32)
+    x[1, [7, 300, 51000]] = 9.0  # a tie: the first index wins
+    x[2] = -np.inf  # everything suppressed
+    x[3, :100] = -np.inf
+    x[4, -1] = 50.0  # the last index
+    x[5] = 1.0  # all equal
+    np.testing.assert_array_equal(np.asarray(_first_argmax(jnp.asarray(x))), np.argmax(x, axis=-1))
 
 
 def test_sampling(tiny_en, window):

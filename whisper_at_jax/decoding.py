@@ -191,7 +191,7 @@ class _Programs:
 
         def project(params, x, embedding_t=None):
             # the decoder's output projection (tied token embedding, fp32), as TextDecoder applies it; with
-            # embedding_t, from the embedding's [d, V] copy (single-row decoding on CPU, see _Task.embedding_t)
+            # embedding_t, from the embedding's [d, V] copy (single-row decoding on CPU, see embedding_t below)
             if embedding_t is not None:
                 return tied_logits(x, embedding_t, module.dtype, transposed=True)
             return tied_logits(x, params["decoder"]["token_embedding"]["embedding"], module.dtype)
@@ -540,8 +540,9 @@ class _Task:
         params = self.model.params
         # one row on CPU: the output projection reads the embedding's [d, V] copy (tied_logits)
         single_cpu = tokens.shape[0] == 1 and all(d.platform == "cpu" for d in logits0.devices())
+        embedding_t = progs.embedding_t(params) if single_cpu else None
         sampled, sum_lp, _ = progs.sample_loop(
-            params, progs.embedding_t(params) if single_cpu else None, *cache, logits0, jnp.asarray(tokens[:, -1]), jnp.int32(self.sample_begin),
+            params, embedding_t, *cache, logits0, jnp.asarray(tokens[:, -1]), jnp.int32(self.sample_begin),
             jnp.int32(self.budget), self.rules, jax.random.PRNGKey(opts.seed),
             jnp.float32(opts.temperature), buffer_len=self.buffer_len)
         sampled, sum_lp = np.asarray(sampled), np.asarray(sum_lp)
