@@ -374,8 +374,8 @@ def _encoder_forward(p: Params, mel: Array, n_head: int, dtype: Any) -> tuple[Ar
 # batched program was memory-bound: every [B, T, 4d] MLP activation and [B, H, block, T] score array was a fresh
 # buffer, and buffers over glibc's 32 MB mmap limit are page-faulted on each call (575k faults per batch-8 call, ~2 s
 # of system time). So it loops (lax.map) over batch items; within an item, attention runs one head at a time
-# (XLA CPU's products batched over the heads ran at about half the speed of one head's: tiny.en, 1500 x 1500, 6 heads:
-# 57 vs 28 ms) in blocks of CPU_ATTENTION_QUERIES queries, and the MLP over blocks of CPU_ENCODER_ROWS rows (a
+# (XLA CPU ran the head-batched attention at about half the speed: tiny.en, 1500 x 1500, 6 heads, _attend 92-97 ms,
+# _attend_per_head 52 ms) in blocks of CPU_ATTENTION_QUERIES queries, and the MLP over blocks of CPU_ENCODER_ROWS rows (a
 # [rows, 4d] activation: 10 MB for large-v3). Rows and heads are independent, so the result equals the batched
 # forward up to rounding. Block sizes: docs/benchmarks.md ("Encoder").
 CPU_ENCODER_ROWS = 500
