@@ -324,9 +324,19 @@ def _layer_norm(p: Params, x: Array, eps: float = 1e-5) -> Array:
     return ((xf - mean) * jax.lax.rsqrt(var + eps) * p["scale"] + p["bias"]).astype(x.dtype)
 
 
-def _dense(p: Params, x: Array, dtype: Any) -> Array:
-    y = jax.lax.dot_general(x.astype(dtype), p["kernel"].astype(dtype), (((x.ndim - 1,), (0,)), ((), ())),
-                            precision=matmul_precision(dtype))
+def _dense(p: Params, x: Array, dtype: Any, k_chunk: int | None = None) -> Array:
+    """x @ kernel + bias; with ``k_chunk``, the contraction in pieces of that length summed pairwise (accuracy)."""
+    x, w = x.astype(dtype), p["kernel"].astype(dtype)
+    dot = lambda a, b: jax.lax.dot_general(a, b, (((a.ndim - 1,), (0,)), ((), ())),  # noqa: E731
+                                           precision=matmul_precision(dtype))
+    # (bf16 compute: one product, which accumulates in fp32, beats a sum of bf16-rounded pieces)
+    if k_chunk is None or x.shape[-1] <= k_chunk or jnp.dtype(dtype) != jnp.float32:
+        y = dot(x, w)
+    else:
+        parts = [dot(x[..., i:i + k_chunk], w[i:i + k_chunk]) for i in range(0, x.shape[-1], k_chunk)]
+        while len(parts) > 1:
+            parts = [sum(parts[i:i + 2]) for i in range(0, len(parts), 2)]
+        y = parts[0]
     return y + p["bias"].astype(dtype) if "bias" in p else y
 
 
@@ -336,16 +346,18 @@ def _conv(p: Params, x: Array, stride: int, dtype: Any) -> Array:
     return y + p["bias"].astype(dtype)
 
 
-def _block_mlp(p: Params, x: Array, dtype: Any) -> Array:
-    return x + _dense(p["mlp_2"], gelu(_dense(p["mlp_0"], _layer_norm(p["mlp_ln"], x), dtype)), dtype)
+def _block_mlp(p: Params, x: Array, dtype: Any, k_chunk: int | None = None) -> Array:
+    h = gelu(_dense(p["mlp_0"], _layer_norm(p["mlp_ln"], x), dtype, k_chunk))
+    return x + _dense(p["mlp_2"], h, dtype, k_chunk)
 
 
-def _block_attention(p: Params, x: Array, n_head: int, dtype: Any, attend: Callable[..., Array]) -> Array:
+def _block_attention(p: Params, x: Array, n_head: int, dtype: Any, attend: Callable[..., Array],
+                     k_chunk: int | None = None) -> Array:
     """x [B, T, d] plus one encoder block's self-attention of it; ``attend(q, k, v)`` over [B, H, T, hd] arrays."""
     a = p["attn"]
     h = _layer_norm(p["attn_ln"], x)
-    q, k, v = (split_heads(_dense(a[name], h, dtype), n_head) for name in ("query", "key", "value"))
-    return x + _dense(a["out"], attend(q, k, v), dtype)
+    q, k, v = (split_heads(_dense(a[name], h, dtype, k_chunk), n_head) for name in ("query", "key", "value"))
+    return x + _dense(a["out"], attend(q, k, v), dtype, k_chunk)
 
 
 def _stem(p: Params, mel: Array, dtype: Any) -> Array:
@@ -359,13 +371,23 @@ def _n_blocks(p: Params) -> int:
     return sum(1 for name in p if name.startswith("blocks_"))
 
 
+# XLA CPU's products accumulate a long contraction less accurately than MKL's, and the first block's rounding errors
+# are amplified 50-100x by the blocks after it (benchmarks/encoder_accuracy.py; docs/design.md, "Parity tolerances").
+# So in both encoder programs the first block's fp32 products are split into 128-long pieces summed pairwise: over
+# six inputs the final states' mean distance from a float64 forward went 6.8e-4 -> 4.1e-4 for base (PyTorch fp32:
+# 3.9e-4) and 1.2e-4 -> 0.7e-4 for tiny.en, for ~4% more CPU encoder time. Splitting every block's products did no
+# better (base, speech input: 3.3e-4 vs 3.2e-4) at ~1.5x the time; 256-long pieces helped base less and tiny.en not.
+BLOCK0_K_CHUNK = 128
+
+
 def _encoder_forward(p: Params, mel: Array, n_head: int, dtype: Any) -> tuple[Array, Array]:
     """Batched encoder forward: mel [B, n_mels, F] -> (final [B, F/2, d], block outputs [B, L, F/2, d])."""
     x = _stem(p, mel, dtype)
     layers = []
     for i in range(_n_blocks(p)):
-        blk = p[f"blocks_{i}"]
-        x = _block_mlp(blk, _block_attention(blk, x, n_head, dtype, lambda q, k, v: _attend(q, k, v, None)), dtype)
+        blk, kc = p[f"blocks_{i}"], (BLOCK0_K_CHUNK if i == 0 else None)
+        x = _block_attention(blk, x, n_head, dtype, lambda q, k, v: _attend(q, k, v, None), kc)
+        x = _block_mlp(blk, x, dtype, kc)
         layers.append(x)
     return _layer_norm(p["ln_post"], x), jnp.stack(layers, axis=1)
 
@@ -375,9 +397,9 @@ def _encoder_forward(p: Params, mel: Array, n_head: int, dtype: Any) -> tuple[Ar
 # buffer, and buffers over glibc's 32 MB mmap limit are page-faulted on each call (575k faults per batch-8 call, ~2 s
 # of system time). So it loops (lax.map) over batch items; within an item, attention runs one head at a time
 # (XLA CPU ran the head-batched attention at about half the speed: tiny.en, 1500 x 1500, 6 heads, _attend 92-97 ms,
-# _attend_per_head 52 ms) in blocks of CPU_ATTENTION_QUERIES queries, and the MLP over blocks of CPU_ENCODER_ROWS rows (a
-# [rows, 4d] activation: 10 MB for large-v3). Rows and heads are independent, so the result equals the batched
-# forward up to rounding. Block sizes: docs/benchmarks.md ("Encoder").
+# _attend_per_head 52 ms) in blocks of CPU_ATTENTION_QUERIES queries, and the MLP over blocks of CPU_ENCODER_ROWS
+# rows (a [rows, 4d] activation: 10 MB for large-v3). Rows and heads are independent, so the result equals the
+# batched forward up to rounding. Block sizes: docs/benchmarks.md ("Encoder").
 CPU_ENCODER_ROWS = 500
 CPU_ATTENTION_QUERIES = 500
 
@@ -400,10 +422,11 @@ def _encoder_forward_cpu(p: Params, mel: Array, n_head: int, dtype: Any, rows: i
         layers = []
         for i in range(_n_blocks(p)):
             blk = p[f"blocks_{i}"]
-            x = _block_attention(blk, x, n_head, dtype, _attend_per_head)
+            kc = BLOCK0_K_CHUNK if i == 0 else None
+            x = _block_attention(blk, x, n_head, dtype, _attend_per_head, kc)
             # padded rows (zeros) are computed and dropped
             xs = jnp.pad(x[0], ((0, n * r - t), (0, 0))).reshape(n, r, d)
-            x = jax.lax.map(lambda xr: _block_mlp(blk, xr, dtype), xs).reshape(1, n * r, d)[:, :t]
+            x = jax.lax.map(lambda xr: _block_mlp(blk, xr, dtype, kc), xs).reshape(1, n * r, d)[:, :t]
             layers.append(x[0])
         return _layer_norm(p["ln_post"], x[0]), jnp.stack(layers)
 
