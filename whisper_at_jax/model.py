@@ -375,7 +375,7 @@ def _n_blocks(p: Params) -> int:
 # are amplified 50-100x by the blocks after it (benchmarks/encoder_accuracy.py; docs/design.md, "Parity tolerances").
 # So in both encoder programs the first block's fp32 products are split into 128-long pieces summed pairwise: over
 # six inputs the final states' mean distance from a float64 forward went 6.8e-4 -> 4.1e-4 for base (PyTorch fp32:
-# 3.9e-4) and 1.2e-4 -> 0.7e-4 for tiny.en, for ~4% more CPU encoder time. Splitting every block's products did no
+# 3.9e-4) and 1.2e-4 -> 0.7e-4 for tiny.en, for 5-10% more CPU encoder time. Splitting every block's products did no
 # better (base, speech input: 3.3e-4 vs 3.2e-4) at ~1.5x the time; 256-long pieces helped base less and tiny.en not.
 BLOCK0_K_CHUNK = 128
 
