@@ -17,13 +17,13 @@ import glob
 import os
 import sys
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # the float64 reference of tests/test_model_parity.py
 
 import numpy as np  # noqa: E402
 
 from common import markdown_table, openai_whisper_like  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _inputs(esc50: str | None, clips: int) -> dict[str, np.ndarray]:
@@ -49,7 +49,7 @@ def main() -> None:
     import jax.numpy as jnp
     import torch
     import whisper
-    import whisper.model as wm
+    from test_model_parity import _torch_encoder_layers, float64_layer_norm
 
     import whisper_at_jax as wat
     from whisper_at_jax import model as M
@@ -58,34 +58,18 @@ def main() -> None:
     ref = openai_whisper_like(model)
     ref64 = copy.deepcopy(ref).double()
     params, n_head = model.params["encoder"], model.dims.n_audio_head
-
-    def torch_blocks(enc, mel):
-        with torch.no_grad():
-            x = torch.nn.functional.gelu(enc.conv1(mel))
-            x = torch.nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1) + enc.positional_embedding
-            layers = []
-            for block in enc.blocks:
-                x = block(x)
-                layers.append(x.numpy())
-            return layers, enc.ln_post(x).numpy()
-
-    fp32_layer_norm = wm.LayerNorm.forward
     block_fns = [jax.jit(lambda x, b=b: M._block_mlp(params[f"blocks_{b}"], M._block_attention(
-        params[f"blocks_{b}"], x, n_head, jnp.float32, M._attend_per_head), jnp.float32))
-        for b in range(model.dims.n_audio_layer)]
+        params[f"blocks_{b}"], x, n_head, jnp.float32, M._attend_per_head, M.encoder_k_chunk(b)), jnp.float32,
+        M.encoder_k_chunk(b))) for b in range(model.dims.n_audio_layer)]
     finals, per_block = [], []
     for name, audio in _inputs(args.esc50, args.clips).items():
         mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(audio)), n_mels=model.dims.n_mels)[None]
         final, _ = model.encode(mel.numpy(), return_layers=True)
-        theirs_layers, theirs_final = torch_blocks(ref.encoder, mel)
-        wm.LayerNorm.forward = lambda self, x: torch.nn.LayerNorm.forward(self, x)
-        try:
-            layers64, final64 = torch_blocks(ref64.encoder, mel.double())
-            with torch.no_grad():
-                iso64 = [ref64.encoder.blocks[b](torch.from_numpy(layers64[b - 1].astype(np.float32)).double()).numpy()
-                         for b in range(1, len(layers64))] if name == "speech" else []
-        finally:
-            wm.LayerNorm.forward = fp32_layer_norm
+        _, theirs_final = _torch_encoder_layers(ref, mel)
+        with float64_layer_norm(), torch.no_grad():
+            layers64, final64 = _torch_encoder_layers(ref64, mel.double())
+            iso64 = [ref64.encoder.blocks[b](torch.from_numpy(layers64[b - 1].astype(np.float32)).double()).numpy()
+                     for b in range(1, len(layers64))] if name == "speech" else []
         finals.append({"input": name, "ours": f"{np.abs(np.asarray(final) - final64).max():.2e}",
                        "openai-whisper fp32": f"{np.abs(theirs_final - final64).max():.2e}",
                        "ours vs openai-whisper": f"{np.abs(np.asarray(final) - theirs_final).max():.2e}"})

@@ -3,17 +3,20 @@
 Tolerances (fp32 on CPU): final encoder states are judged against openai-whisper run in float64 (the exact answer
 for these weights) and against PyTorch fp32, each <= 1e-3 absolute. ln_post normalises block outputs with outliers
 of ~600, so fp32 rounding in the last block (~1e-5 relative, same order in both implementations) is amplified:
-measured, PyTorch fp32 is 1.4e-4 (tiny.en) / 2.5e-4 (base) from float64, ours 5.9e-5 / 6.7e-4, and ours vs PyTorch
-fp32 2.0e-4 / 4.9e-4 (summation order alone moved ours on base from 5.5e-4 to 6.7e-4 when the attention layout
-changed). The issue's 1e-4 target is below what either fp32 implementation achieves on base (not met: reported); every block output within 2e-5 of that block's max magnitude (pre-ln_post
+measured on this test's input, PyTorch fp32 is 1.4e-4 (tiny.en) / 2.5e-4 (base) from float64, ours 2.1e-4 / 3.2e-4,
+and ours vs PyTorch fp32 6.8e-5 / 3.2e-4 (summation order alone moves these: ours on base was 6.7e-4 from float64
+before the first block's products were split; benchmarks/encoder_accuracy.py measures six inputs). The issue's 1e-4 target is below what either fp32 implementation achieves on base (not met: reported); every block output within 2e-5 of that block's max magnitude (pre-ln_post
 values grow to ~600 in tiny.en's last block, so an absolute bound would be meaningless); decoder logits
 <= 2e-4 x max(1, max|logit|) (logits reach ~30; measured ~1e-5 relative).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+from typing import Iterator
+
 import numpy as np
-import pytest
 import torch
 
 from conftest import torch_whisper
@@ -41,20 +44,24 @@ def _torch_encoder_layers(ref, mel: torch.Tensor) -> tuple[list[np.ndarray], np.
         return layers, enc.ln_post(x).numpy()
 
 
-def _float64_final(ref, mel: torch.Tensor) -> np.ndarray:
-    """openai-whisper's encoder in float64 (its LayerNorm casts to fp32, so bypass that cast for this run)."""
-    import copy
-
+@contextlib.contextmanager
+def float64_layer_norm() -> Iterator[None]:
+    """openai-whisper's LayerNorm casts its input to fp32; inside this block it keeps the input's dtype, so a
+    ``.double()`` copy of the model runs in float64 throughout (also used by benchmarks/encoder_accuracy.py)."""
     import whisper.model as wm
 
-    ref64 = copy.deepcopy(ref).double()
     original = wm.LayerNorm.forward
     wm.LayerNorm.forward = lambda self, x: torch.nn.LayerNorm.forward(self, x)
     try:
-        with torch.no_grad():
-            return _torch_encoder_layers(ref64, mel.double())[1]
+        yield
     finally:
         wm.LayerNorm.forward = original
+
+
+def _float64_final(ref, mel: torch.Tensor) -> np.ndarray:
+    """openai-whisper's encoder in float64: the exact answer for these weights, up to float64 rounding."""
+    with float64_layer_norm():
+        return _torch_encoder_layers(copy.deepcopy(ref).double(), mel.double())[1]
 
 
 def _check_encoder(model, audio, n_frames=3000):

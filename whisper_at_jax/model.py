@@ -380,12 +380,17 @@ def _n_blocks(p: Params) -> int:
 BLOCK0_K_CHUNK = 128
 
 
+def encoder_k_chunk(block: int) -> int | None:
+    """The contraction piece length of encoder block ``block``'s products (None: one product)."""
+    return BLOCK0_K_CHUNK if block == 0 else None
+
+
 def _encoder_forward(p: Params, mel: Array, n_head: int, dtype: Any) -> tuple[Array, Array]:
     """Batched encoder forward: mel [B, n_mels, F] -> (final [B, F/2, d], block outputs [B, L, F/2, d])."""
     x = _stem(p, mel, dtype)
     layers = []
     for i in range(_n_blocks(p)):
-        blk, kc = p[f"blocks_{i}"], (BLOCK0_K_CHUNK if i == 0 else None)
+        blk, kc = p[f"blocks_{i}"], encoder_k_chunk(i)
         x = _block_attention(blk, x, n_head, dtype, lambda q, k, v: _attend(q, k, v, None), kc)
         x = _block_mlp(blk, x, dtype, kc)
         layers.append(x)
@@ -421,8 +426,7 @@ def _encoder_forward_cpu(p: Params, mel: Array, n_head: int, dtype: Any, rows: i
         n = -(-t // r)
         layers = []
         for i in range(_n_blocks(p)):
-            blk = p[f"blocks_{i}"]
-            kc = BLOCK0_K_CHUNK if i == 0 else None
+            blk, kc = p[f"blocks_{i}"], encoder_k_chunk(i)
             x = _block_attention(blk, x, n_head, dtype, _attend_per_head, kc)
             # padded rows (zeros) are computed and dropped
             xs = jnp.pad(x[0], ((0, n * r - t), (0, 0))).reshape(n, r, d)
