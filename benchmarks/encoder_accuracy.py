@@ -59,8 +59,8 @@ def main() -> None:
     ref64 = copy.deepcopy(ref).double()
     params, n_head = model.params["encoder"], model.dims.n_audio_head
     block_fns = [jax.jit(lambda x, b=b: M._block_mlp(params[f"blocks_{b}"], M._block_attention(
-        params[f"blocks_{b}"], x, n_head, jnp.float32, M._attend_per_head, M.encoder_k_chunk(b)), jnp.float32,
-        M.encoder_k_chunk(b))) for b in range(model.dims.n_audio_layer)]
+        params[f"blocks_{b}"], x, n_head, jnp.float32, M._attend_per_head, b < M.CAREFUL_BLOCKS), jnp.float32,
+        b < M.CAREFUL_BLOCKS)) for b in range(model.dims.n_audio_layer)]
     finals, per_block = [], []
     for name, audio in _inputs(args.esc50, args.clips).items():
         mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(audio)), n_mels=model.dims.n_mels)[None]

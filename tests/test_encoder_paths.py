@@ -2,9 +2,12 @@
 accelerators run, on the real tiny.en weights.
 
 Both compute the same per-row arithmetic; they may differ only by matmul summation order (different matrix
-shapes reach the CPU matmul kernels). Tolerance: 2e-6 x each array's max magnitude in fp32 (fp32 epsilon is 1.2e-7;
-pre-ln_post block outputs reach ~600, so an absolute bound would be meaningless). Measured: 0 (bit-equal) on 30-s
-windows, 4.9e-7 to 5.5e-7 on the 501-row input and against the un-jitted batched forward.
+shapes reach the CPU matmul kernels). Tolerance: TOL x each array's max magnitude in fp32 (fp32 epsilon is 1.2e-7;
+pre-ln_post block outputs reach ~600, so an absolute bound would be meaningless). Rounding differences grow through
+the blocks and jump in the last one, where tiny.en's outlier channel appears (benchmarks/encoder_accuracy.py):
+measured 0 (bit-equal) on 30-s windows; on the 501-row input 1.2e-7, 2.5e-7, 2.5e-7 after blocks 0-2 and 3.2e-6
+after block 3 (1.8e-6 on the final states). TOL = 5e-6 is a quarter of the issue's parity budget against
+openai-whisper (2e-5 of each block's max magnitude).
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ def _mel(batch: int, frames: int) -> np.ndarray:
     return np.asarray(wat.log_mel_spectrogram(audio.astype(np.float32)))[..., :frames]
 
 
+TOL = 5e-6
+
+
 def _rel(a, b) -> float:
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
     return float(np.abs(a - b).max() / np.abs(b).max())
@@ -46,10 +52,10 @@ def test_cpu_program_equals_batched(tiny, frames):
         params, mel)
     for name, a, b in zip(("final", "layers"), looped, batched):
         assert a.shape == b.shape, name
-        assert _rel(a, b) <= 2e-6, f"{name}: {_rel(a, b)} of max magnitude"
+        assert _rel(a, b) <= TOL, f"{name}: {_rel(a, b)} of max magnitude"
     # The public entry point on CPU runs the looped program.
     final, layers = tiny.encode(np.asarray(mel), return_layers=True)
-    assert _rel(final, looped[0]) <= 2e-6 and _rel(layers, looped[1]) <= 2e-6
+    assert _rel(final, looped[0]) <= TOL and _rel(layers, looped[1]) <= TOL
 
 
 def test_cpu_program_row_block_sizes(tiny):
@@ -60,7 +66,7 @@ def test_cpu_program_row_block_sizes(tiny):
     ref = M._encoder_forward(params, mel, n_head, jnp.float32)[1]
     for rows in (100, 128, 1000):
         out = M._encoder_forward_cpu(params, mel, n_head, jnp.float32, rows)[1]
-        assert _rel(out, ref) <= 2e-6, rows
+        assert _rel(out, ref) <= TOL, (rows, _rel(out, ref))
 
 
 def test_init_and_bf16_paths():

@@ -141,7 +141,19 @@ def tied_logits(x: Array, embedding: Array, dtype: Any, *, transposed: bool = Fa
 
 
 def gelu(x: Array) -> Array:
+    """Exact GELU in its erfc form, x/2 erfc(-x/sqrt 2): accurate where the result is small (x < 0)."""
     return jax.nn.gelu(x, approximate=False)
+
+
+def gelu_erf(x: Array) -> Array:
+    """Exact GELU as PyTorch writes it, x/2 (1 + erf(x/sqrt 2)), evaluated in fp32.
+
+    XLA CPU evaluates it 2.5x faster than the erfc form (1500 x 1536: 1.5 vs 3.7 ms; tiny.en's encoder MLPs 26 -> 21
+    ms per block), as accurate as PyTorch's, but less accurate than the erfc form where the result is small (1 + erf
+    cancels): max abs error 1.2e-6 vs 3.8e-7 from float64. Used where that does not matter (see CAREFUL_BLOCKS).
+    """
+    xf = x.astype(jnp.float32)
+    return (0.5 * xf * (1.0 + jax.lax.erf(xf * np.float32(0.7071067811865476)))).astype(x.dtype)
 
 
 # Long self-attention (encoder: 1500 frames) is computed in query blocks: the [H, block, keys] scores stay in cache,
@@ -156,6 +168,29 @@ def split_heads(x: Array, n_head: int) -> Array:
     return x.reshape(b, t, n_head, d // n_head).transpose(0, 2, 1, 3)
 
 
+def _softmax_attention(q: Array, k: Array, v: Array, mask: Array | None, query_block: int) -> Array:
+    """softmax(q k^T + mask) v over [..., T, hd] arrays (q already scaled), queries in blocks of ``query_block``
+    when there is no mask; softmax in fp32."""
+    precision = matmul_precision(q.dtype)
+
+    def block(qb: Array, mask_b: Array | None) -> Array:
+        logits = jnp.einsum("...qd,...kd->...qk", qb, k, preferred_element_type=jnp.float32, precision=precision)
+        if mask_b is not None:
+            logits = logits + mask_b
+        weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        return jnp.einsum("...qk,...kd->...qd", weights, v, precision=precision)
+
+    tq = q.shape[-2]
+    if mask is None and tq > query_block:
+        return jnp.concatenate([block(q[..., i:i + query_block, :], None) for i in range(0, tq, query_block)], axis=-2)
+    return block(q, mask)
+
+
+def _scale_queries(q: Array) -> Array:
+    # openai-whisper scales q and k by hd**-0.25 each; one 1/sqrt(hd) on q is the same product up to rounding.
+    return q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+
+
 def _attend(q: Array, k: Array, v: Array, mask: Array | None, query_block: int = _QUERY_BLOCK) -> Array:
     """Scaled dot-product attention over head-major [B, H, T, hd] arrays -> [B, Tq, H*hd]; softmax in fp32.
 
@@ -166,21 +201,7 @@ def _attend(q: Array, k: Array, v: Array, mask: Array | None, query_block: int =
     accurate on average, but moved base's encoder past the parity test's bound on its input (docs/benchmarks.md).
     """
     b, h, tq, hd = q.shape
-    # openai-whisper scales q and k by hd**-0.25 each; one 1/sqrt(hd) on q is the same product up to rounding.
-    q = q * jnp.asarray(hd**-0.5, q.dtype)
-    precision = matmul_precision(q.dtype)
-
-    def block(qb: Array, mask_b: Array | None) -> Array:
-        logits = jnp.einsum("bhqd,bhkd->bhqk", qb, k, preferred_element_type=jnp.float32, precision=precision)
-        if mask_b is not None:
-            logits = logits + mask_b
-        weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        return jnp.einsum("bhqk,bhkd->bhqd", weights, v, precision=precision)
-
-    if mask is None and tq > query_block:
-        out = jnp.concatenate([block(q[:, :, i:i + query_block], None) for i in range(0, tq, query_block)], axis=2)
-    else:
-        out = block(q, mask)
+    out = _softmax_attention(_scale_queries(q), k, v, mask, query_block)
     return out.transpose(0, 2, 1, 3).reshape(b, tq, h * hd)
 
 
@@ -346,14 +367,16 @@ def _conv(p: Params, x: Array, stride: int, dtype: Any) -> Array:
     return y + p["bias"].astype(dtype)
 
 
-def _block_mlp(p: Params, x: Array, dtype: Any, k_chunk: int | None = None) -> Array:
-    h = gelu(_dense(p["mlp_0"], _layer_norm(p["mlp_ln"], x), dtype, k_chunk))
+def _block_mlp(p: Params, x: Array, dtype: Any, careful: bool = False) -> Array:
+    k_chunk, act = (BLOCK0_K_CHUNK, gelu) if careful else (None, gelu_erf)
+    h = act(_dense(p["mlp_0"], _layer_norm(p["mlp_ln"], x), dtype, k_chunk))
     return x + _dense(p["mlp_2"], h, dtype, k_chunk)
 
 
 def _block_attention(p: Params, x: Array, n_head: int, dtype: Any, attend: Callable[..., Array],
-                     k_chunk: int | None = None) -> Array:
+                     careful: bool = False) -> Array:
     """x [B, T, d] plus one encoder block's self-attention of it; ``attend(q, k, v)`` over [B, H, T, hd] arrays."""
+    k_chunk = BLOCK0_K_CHUNK if careful else None
     a = p["attn"]
     h = _layer_norm(p["attn_ln"], x)
     q, k, v = (split_heads(_dense(a[name], h, dtype, k_chunk), n_head) for name in ("query", "key", "value"))
@@ -371,18 +394,17 @@ def _n_blocks(p: Params) -> int:
     return sum(1 for name in p if name.startswith("blocks_"))
 
 
-# XLA CPU's products accumulate a long contraction less accurately than MKL's, and the first block's rounding errors
-# are amplified 50-100x by the blocks after it (benchmarks/encoder_accuracy.py; docs/design.md, "Parity tolerances").
-# So in both encoder programs the first block's fp32 products are split into 128-long pieces summed pairwise: over
-# six inputs the final states' mean distance from a float64 forward went 6.8e-4 -> 4.1e-4 for base (PyTorch fp32:
-# 3.9e-4) and 1.2e-4 -> 0.7e-4 for tiny.en, for 5-10% more CPU encoder time. Splitting every block's products did no
-# better (base, speech input: 3.3e-4 vs 3.2e-4) at ~1.5x the time; 256-long pieces helped base less and tiny.en not.
+# The stem's and the first block's rounding errors are amplified 50-100x by the blocks after them
+# (benchmarks/encoder_accuracy.py; docs/design.md, "Parity tolerances"), so both encoder programs compute the first
+# CAREFUL_BLOCKS blocks carefully: fp32 products split into BLOCK0_K_CHUNK-long pieces summed pairwise (XLA CPU's
+# products accumulate a long contraction less accurately than MKL's) and GELU in its accurate erfc form (the stem
+# too); later blocks use one product and the faster erf GELU, whose errors are not amplified. Over six inputs the
+# split took the final states' mean distance from a float64 forward 6.8e-4 -> 4.1e-4 for base (PyTorch fp32: 3.9e-4)
+# and 1.2e-4 -> 0.7e-4 for tiny.en, for 5-10% more CPU encoder time; splitting every block's products did no better
+# (base, speech input: 3.3e-4 vs 3.2e-4) at ~1.5x the time; 256-long pieces helped base less and tiny.en not. The erf
+# GELU in every block (stem included) moved tiny.en up to 1.4e-4 from openai-whisper; after the first block, not.
+CAREFUL_BLOCKS = 1
 BLOCK0_K_CHUNK = 128
-
-
-def encoder_k_chunk(block: int) -> int | None:
-    """The contraction piece length of encoder block ``block``'s products (None: one product)."""
-    return BLOCK0_K_CHUNK if block == 0 else None
 
 
 def _encoder_forward(p: Params, mel: Array, n_head: int, dtype: Any) -> tuple[Array, Array]:
@@ -390,9 +412,9 @@ def _encoder_forward(p: Params, mel: Array, n_head: int, dtype: Any) -> tuple[Ar
     x = _stem(p, mel, dtype)
     layers = []
     for i in range(_n_blocks(p)):
-        blk, kc = p[f"blocks_{i}"], encoder_k_chunk(i)
-        x = _block_attention(blk, x, n_head, dtype, lambda q, k, v: _attend(q, k, v, None), kc)
-        x = _block_mlp(blk, x, dtype, kc)
+        blk, careful = p[f"blocks_{i}"], i < CAREFUL_BLOCKS
+        x = _block_attention(blk, x, n_head, dtype, lambda q, k, v: _attend(q, k, v, None), careful)
+        x = _block_mlp(blk, x, dtype, careful)
         layers.append(x)
     return _layer_norm(p["ln_post"], x), jnp.stack(layers, axis=1)
 
@@ -411,7 +433,9 @@ CPU_ATTENTION_QUERIES = 500
 
 def _attend_per_head(q: Array, k: Array, v: Array) -> Array:
     """_attend without a mask over [1, H, T, hd] arrays, one head at a time -> [1, Tq, H*hd]."""
-    one = lambda qkv: _attend(*(x[None, None] for x in qkv), None, CPU_ATTENTION_QUERIES)[0]  # noqa: E731
+    # Each head's products are rank 2 ([T, hd] arrays): XLA CPU ran the same products with unit batch dimensions
+    # ([1, 1, T, hd]) ~15% slower (tiny.en, 6 heads: 34-36 vs 30 ms per layer).
+    one = lambda qkv: _softmax_attention(_scale_queries(qkv[0]), *qkv[1:], None, CPU_ATTENTION_QUERIES)  # noqa: E731
     out = jax.lax.map(one, (q[0], k[0], v[0]))  # [H, Tq, hd]
     return out.transpose(1, 0, 2).reshape(1, q.shape[2], -1)
 
@@ -426,11 +450,11 @@ def _encoder_forward_cpu(p: Params, mel: Array, n_head: int, dtype: Any, rows: i
         n = -(-t // r)
         layers = []
         for i in range(_n_blocks(p)):
-            blk, kc = p[f"blocks_{i}"], encoder_k_chunk(i)
-            x = _block_attention(blk, x, n_head, dtype, _attend_per_head, kc)
+            blk, careful = p[f"blocks_{i}"], i < CAREFUL_BLOCKS
+            x = _block_attention(blk, x, n_head, dtype, _attend_per_head, careful)
             # padded rows (zeros) are computed and dropped
             xs = jnp.pad(x[0], ((0, n * r - t), (0, 0))).reshape(n, r, d)
-            x = jax.lax.map(lambda xr: _block_mlp(blk, xr, dtype, kc), xs).reshape(1, n * r, d)[:, :t]
+            x = jax.lax.map(lambda xr: _block_mlp(blk, xr, dtype, careful), xs).reshape(1, n * r, d)[:, :t]
             layers.append(x[0])
         return _layer_norm(p["ln_post"], x[0]), jnp.stack(layers)
 
