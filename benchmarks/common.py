@@ -45,16 +45,3 @@ def write_json(path: str, obj: object) -> None:
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1)
     os.replace(tmp, path)
-
-
-def openai_whisper_like(model):
-    """openai-whisper's PyTorch ``Whisper`` holding the same weights as our ``WhisperModel`` (eval mode, CPU)."""
-    import numpy as np
-    import torch
-    from whisper.model import ModelDimensions, Whisper
-
-    from whisper_at_jax.convert import params_to_state_dict
-
-    ref = Whisper(ModelDimensions(**model.dims.to_dict()))
-    ref.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in params_to_state_dict(model.params).items()})
-    return ref.eval()

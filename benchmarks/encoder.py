@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from common import machine, markdown_table, openai_whisper_like, time_alternating, write_json  # noqa: E402
+from common import machine, markdown_table, time_alternating, write_json  # noqa: E402
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
 
     model = wat.load_model("tiny.en", at_head=False)
     model_bf16 = wat.load_model("tiny.en", at_head=False, dtype="bfloat16")
-    ref = openai_whisper_like(model)
+    ref = model.to_openai_whisper()
     ct2 = ctranslate2.models.Whisper(str(embedded_model_dir("tiny.en")[0]), device="cpu", compute_type="float32",
                                      intra_threads=os.cpu_count())
     rng = np.random.default_rng(0)

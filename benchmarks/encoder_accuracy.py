@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))  # the float64 reference of test
 
 import numpy as np  # noqa: E402
 
-from common import markdown_table, openai_whisper_like  # noqa: E402
+from common import markdown_table  # noqa: E402
 
 
 def _inputs(esc50: str | None, clips: int) -> dict[str, np.ndarray]:
@@ -55,7 +55,7 @@ def main() -> None:
     from whisper_at_jax import model as M
 
     model = wat.load_model(args.model, at_head=False)
-    ref = openai_whisper_like(model)
+    ref = model.to_openai_whisper()
     ref64 = copy.deepcopy(ref).double()
     params, n_head = model.params["encoder"], model.dims.n_audio_head
     block_fns = [jax.jit(lambda x, b=b: M._block_mlp(params[f"blocks_{b}"], M._block_attention(

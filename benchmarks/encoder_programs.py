@@ -18,7 +18,7 @@ import whisper_at_jax as wat
 from whisper_at_jax import model as M
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import openai_whisper_like, time_alternating  # noqa: E402
+from common import time_alternating  # noqa: E402
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
     mel = np.random.default_rng(0).standard_normal((batch, 80, 3000)).astype(np.float32)
     mel_j, mel_t = jax.device_put(mel), torch.from_numpy(mel)
     batched = jax.jit(lambda p, x: M._encoder_forward(p["encoder"], x, m.dims.n_audio_head, jnp.float32)[0])
-    ref = openai_whisper_like(m)
+    ref = m.to_openai_whisper()
 
     def torch_run():
         with torch.inference_mode():

@@ -28,7 +28,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
-from common import openai_whisper_like  # noqa: E402
 from transcribe import make_inputs  # noqa: E402
 
 MODES = ("sequential", "batched")
@@ -137,7 +136,7 @@ def _openai_whisper(audio: np.ndarray, cpu_text: str, rounds: int) -> dict:
     import whisper_at_jax as wat
 
     cuda = torch.cuda.is_available()
-    ref = openai_whisper_like(wat.load_model("tiny.en", at_head=False)).to("cuda" if cuda else "cpu")
+    ref = wat.load_model("tiny.en", at_head=False).to_openai_whisper().to("cuda" if cuda else "cpu")
     out = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if cuda else "cpu"}
     for fp16 in (False, True) if cuda else (False,):
         name = "fp16" if fp16 else "fp32"

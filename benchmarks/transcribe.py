@@ -27,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from common import machine, markdown_table, openai_whisper_like, write_json  # noqa: E402
+from common import machine, markdown_table, write_json  # noqa: E402
 
 # jax's monitoring event for one XLA compilation (jax/_src/dispatch.py BACKEND_COMPILE_EVENT)
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -64,7 +64,7 @@ def worker(impl: str, audio_path: str, rounds: int, greedy_only: bool = False) -
     if impl == "openai-whisper":
         import whisper_at_jax as wat
 
-        ref = openai_whisper_like(wat.load_model("tiny.en", at_head=False))
+        ref = wat.load_model("tiny.en", at_head=False).to_openai_whisper()
         audio = __import__("soundfile").read(audio_path, dtype="float32")[0]
         run = lambda: ref.transcribe(audio, fp16=False, language="en", **temp)["text"]  # noqa: E731
     elif impl.startswith("ours"):

@@ -38,20 +38,6 @@ def base_model():
     return wat.load_model("base", at_head=False)
 
 
-def torch_whisper(model):
-    """openai-whisper's PyTorch model holding exactly ``model``'s weights (fp32, eval mode)."""
-    import torch
-    import whisper
-    from whisper.model import ModelDimensions, Whisper
-
-    from whisper_at_jax.convert import params_to_state_dict
-
-    ref = Whisper(ModelDimensions(**model.dims.to_dict()))
-    sd = {k: torch.from_numpy(v) for k, v in params_to_state_dict(model.params).items()}
-    ref.load_state_dict(sd, strict=True)
-    return ref.eval()
-
-
 @pytest.fixture(scope="session")
 def speech() -> np.ndarray:
     """Real-ish speech the project ships (espeak-ng, made by this project): 16 kHz float32."""

@@ -294,11 +294,12 @@ def test_hf_model_is_whisper(hf_model, ref, speech):
     tensors: encoder states within 1e-4 (fp32, two PyTorch implementations; measured ~1e-6)."""
     import torch
     import whisper
-    from conftest import torch_whisper
+
+    from whisper_at_jax.convert.openai import to_openai_whisper
 
     mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(speech)))[None]
     with torch.no_grad():
-        ours = torch_whisper(ref).encoder(mel).numpy()
+        ours = to_openai_whisper(ref.params, ref.dims).encoder(mel).numpy()
         theirs = hf_model.model.encoder(input_features=mel).last_hidden_state.numpy()
     err = np.abs(ours - theirs).max()
     print("HF vs openai-whisper encoder max abs diff:", err)

@@ -25,7 +25,6 @@ import pytest
 torch = pytest.importorskip("torch")
 whisper = pytest.importorskip("whisper")
 
-from conftest import torch_whisper  # noqa: E402
 
 from whisper_at_jax.decoding import DecodingOptions, DecodingResult, decode, detect_language  # noqa: E402
 
@@ -91,7 +90,7 @@ def one_torch_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def ref_tiny(tiny_en):
-    return torch_whisper(tiny_en)
+    return tiny_en.to_openai_whisper()
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +279,7 @@ def test_bad_options(tiny_en, window):
 
 @pytest.fixture(scope="module")
 def base_pair(base_model):
-    return base_model, torch_whisper(base_model)
+    return base_model, base_model.to_openai_whisper()
 
 
 @pytest.fixture(scope="module")

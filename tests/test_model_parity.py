@@ -21,7 +21,6 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from conftest import torch_whisper
 
 
 def _mel(audio: np.ndarray, n_mels: int) -> np.ndarray:
@@ -67,7 +66,7 @@ def _float64_final(ref, mel: torch.Tensor) -> np.ndarray:
 
 
 def _check_encoder(model, audio, n_frames=3000):
-    ref = torch_whisper(model)
+    ref = model.to_openai_whisper()
     mel = _mel(audio, model.dims.n_mels)[..., :n_frames]
     final, layers = model.encode(mel, return_layers=True)
     ref_layers, ref_final = _torch_encoder_layers(ref, torch.from_numpy(mel))
@@ -140,7 +139,7 @@ def test_matches_ctranslate2_encoder(tiny_en, speech):
     ours = np.asarray(tiny_en.encode(mel))
     err = np.abs(ours - ref).max()
     with torch.no_grad():
-        torch_final = torch_whisper(tiny_en).encoder(torch.from_numpy(mel)).numpy()
+        torch_final = tiny_en.to_openai_whisper().encoder(torch.from_numpy(mel)).numpy()
     err_torch = np.abs(torch_final - ref).max()
     print("CTranslate2 encode max abs diff: ours", err, "openai-whisper fp32", err_torch)
     # CTranslate2 (oneDNN GEMMs, its own LayerNorm) differs from openai-whisper fp32 by about as much as we do

@@ -17,7 +17,6 @@ import tempfile
 import numpy as np
 import pytest
 
-from conftest import torch_whisper
 
 # avg_logprob / no_speech_prob are sums/softmaxes of fp32 log-probs computed by different kernels (XLA vs
 # PyTorch); measured |diff| ~1e-5 on tiny.en, so 1e-3 leaves room without hiding a different token path
@@ -55,7 +54,7 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def torch_tiny(tiny_en):
-    return torch_whisper(tiny_en)
+    return tiny_en.to_openai_whisper()
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +120,7 @@ def test_base_multilingual_detects_language_and_equals(base_model, speech):
 
     from whisper_at_jax.transcribe import transcribe
 
-    ref = whisper.transcribe(torch_whisper(base_model), speech, fp16=False, temperature=0.0)
+    ref = whisper.transcribe(base_model.to_openai_whisper(), speech, fp16=False, temperature=0.0)
     ours = transcribe(base_model, speech, temperature=0.0)
     assert ref["language"] == "en"
     assert_same_transcript(ref, ours)
@@ -256,10 +255,6 @@ def test_other_rates_and_channels(tiny_en, speech, tmp_path):
 def at_pair(tiny_en, tmp_path_factory):
     """(our tiny.en with a random TL-TR head, whisper-at 0.5's torch model with the same weights and head)."""
     pytest.importorskip("whisper_at")
-    try:
-        from whisper_at_jax.heads import make_head  # noqa: F401  (the head modules land separately)
-    except ImportError:
-        pytest.skip("whisper_at_jax.heads is not available yet")
     import torch
     from whisper_at.model import ModelDimensions as ATDims
     from whisper_at.model import Whisper as ATWhisper

@@ -110,6 +110,13 @@ class WhisperModel:
                                 head_params=None if self.head_params is None else jax.device_get(self.head_params),
                                 head_config=self.head_config, overwrite=overwrite)
 
+    def to_openai_whisper(self):
+        """openai-whisper's PyTorch ``Whisper`` with exactly these weights (fp32, eval mode, CPU), e.g. to compare
+        outputs with OpenAI's code on the same inputs. Needs torch and openai-whisper (the ``test`` extra)."""
+        from .convert.openai import to_openai_whisper
+
+        return to_openai_whisper(self.params, self.dims)
+
 
 def shipped_head_dir(name: str) -> str | None:
     """The default head shipped for an embedded model name (a folder ``assets/heads/NAME`` holding config.json:

@@ -145,6 +145,18 @@ def params_to_state_dict(params: Params, prefix: str = "") -> dict[str, np.ndarr
     return out
 
 
+def to_openai_whisper(params: Params, dims: ModelDimensions) -> Any:
+    """openai-whisper's PyTorch ``Whisper`` holding exactly these weights (fp32, eval mode, CPU): the reference the
+    tests and benchmarks compare against. Needs torch and openai-whisper (the ``test`` extra)."""
+    import torch
+    from whisper.model import ModelDimensions as OpenAIDims
+    from whisper.model import Whisper
+
+    ref = Whisper(OpenAIDims(**dims.to_dict()))
+    ref.load_state_dict({k: torch.from_numpy(v) for k, v in params_to_state_dict(params).items()}, strict=True)
+    return ref.eval()
+
+
 def torch_load_safely(path: str | os.PathLike) -> Any:
     """``torch.load`` restricted to tensors and plain containers: a pickled callable is refused, never run."""
     try:
