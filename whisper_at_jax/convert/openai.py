@@ -153,7 +153,9 @@ def to_openai_whisper(params: Params, dims: ModelDimensions) -> Any:
     from whisper.model import Whisper
 
     ref = Whisper(OpenAIDims(**dims.to_dict()))
-    ref.load_state_dict({k: torch.from_numpy(v) for k, v in params_to_state_dict(params).items()}, strict=True)
+    # copies: the arrays may be read-only views of JAX buffers, which torch.from_numpy warns about
+    state = {k: torch.from_numpy(np.array(v)) for k, v in params_to_state_dict(params).items()}
+    ref.load_state_dict(state, strict=True)
     return ref.eval()
 
 
