@@ -400,9 +400,10 @@ def _n_blocks(p: Params) -> int:
 # products accumulate a long contraction less accurately than MKL's) and GELU in its accurate erfc form (the stem
 # too); later blocks use one product and the faster erf GELU, whose errors are not amplified. Over six inputs the
 # split took the final states' mean distance from a float64 forward 6.8e-4 -> 4.1e-4 for base (PyTorch fp32: 3.9e-4)
-# and 1.2e-4 -> 0.7e-4 for tiny.en, for 5-10% more CPU encoder time; splitting every block's products did no better
-# (base, speech input: 3.3e-4 vs 3.2e-4) at ~1.5x the time; 256-long pieces helped base less and tiny.en not. The erf
-# GELU in every block (stem included) moved tiny.en up to 1.4e-4 from openai-whisper; after the first block, not.
+# and 1.2e-4 -> 0.7e-4 for tiny.en, for ~9% more CPU encoder time (tiny.en: 285 vs 260 ms). Splitting every block's
+# products did no better (base, speech input: 3.3e-4 vs 3.2e-4) at ~1.5x the time; fewer or longer pieces in block 0
+# (192 / 256 / 384) each lost tiny.en's 1e-4 on some input. The erf GELU in every block (stem included) moved
+# tiny.en up to 1.4e-4 from openai-whisper; after the first block, not.
 CAREFUL_BLOCKS = 1
 BLOCK0_K_CHUNK = 128
 
