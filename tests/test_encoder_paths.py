@@ -5,9 +5,8 @@ Both compute the same per-row arithmetic; they may differ only by matmul summati
 shapes reach the CPU matmul kernels). Tolerance: TOL x each array's max magnitude in fp32 (fp32 epsilon is 1.2e-7;
 pre-ln_post block outputs reach ~600, so an absolute bound would be meaningless). Rounding differences grow through
 the blocks and jump in the last one, where tiny.en's outlier channel appears (benchmarks/encoder_accuracy.py):
-measured 0 (bit-equal) on 30-s windows; on the 501-row input 1.2e-7, 2.5e-7, 2.5e-7 after blocks 0-2 and 3.2e-6
-after block 3 (1.8e-6 on the final states). TOL = 5e-6 is a quarter of the issue's parity budget against
-openai-whisper (2e-5 of each block's max magnitude).
+measured 0 (bit-equal) on 30-s windows; on the 501-row input 1.2e-7, 2.3e-7, 2.2e-7 after blocks 0-2 and 1.7e-6
+after block 3 (1.0e-6 on the final states).
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ def _mel(batch: int, frames: int) -> np.ndarray:
     return np.asarray(wat.log_mel_spectrogram(audio.astype(np.float32)))[..., :frames]
 
 
-TOL = 5e-6
+TOL = 2e-6
 
 
 def _rel(a, b) -> float:

@@ -141,19 +141,7 @@ def tied_logits(x: Array, embedding: Array, dtype: Any, *, transposed: bool = Fa
 
 
 def gelu(x: Array) -> Array:
-    """Exact GELU in its erfc form, x/2 erfc(-x/sqrt 2): accurate where the result is small (x < 0)."""
     return jax.nn.gelu(x, approximate=False)
-
-
-def gelu_erf(x: Array) -> Array:
-    """Exact GELU as PyTorch writes it, x/2 (1 + erf(x/sqrt 2)), evaluated in fp32.
-
-    XLA CPU evaluates it 2.5x faster than the erfc form (1500 x 1536: 1.5 vs 3.7 ms; tiny.en's encoder MLPs 26 -> 21
-    ms per block), as accurate as PyTorch's, but less accurate than the erfc form where the result is small (1 + erf
-    cancels): max abs error 1.2e-6 vs 3.8e-7 from float64. Used where that does not matter (see CAREFUL_BLOCKS).
-    """
-    xf = x.astype(jnp.float32)
-    return (0.5 * xf * (1.0 + jax.lax.erf(xf * np.float32(0.7071067811865476)))).astype(x.dtype)
 
 
 # Long self-attention (encoder: 1500 frames) is computed in query blocks: the [H, block, keys] scores stay in cache,
@@ -368,8 +356,8 @@ def _conv(p: Params, x: Array, stride: int, dtype: Any) -> Array:
 
 
 def _block_mlp(p: Params, x: Array, dtype: Any, careful: bool = False) -> Array:
-    k_chunk, act = (BLOCK0_K_CHUNK, gelu) if careful else (None, gelu_erf)
-    h = act(_dense(p["mlp_0"], _layer_norm(p["mlp_ln"], x), dtype, k_chunk))
+    k_chunk = BLOCK0_K_CHUNK if careful else None
+    h = gelu(_dense(p["mlp_0"], _layer_norm(p["mlp_ln"], x), dtype, k_chunk))
     return x + _dense(p["mlp_2"], h, dtype, k_chunk)
 
 
@@ -394,16 +382,13 @@ def _n_blocks(p: Params) -> int:
     return sum(1 for name in p if name.startswith("blocks_"))
 
 
-# The stem's and the first block's rounding errors are amplified 50-100x by the blocks after them
-# (benchmarks/encoder_accuracy.py; docs/design.md, "Parity tolerances"), so both encoder programs compute the first
-# CAREFUL_BLOCKS blocks carefully: fp32 products split into BLOCK0_K_CHUNK-long pieces summed pairwise (XLA CPU's
-# products accumulate a long contraction less accurately than MKL's) and GELU in its accurate erfc form (the stem
-# too); later blocks use one product and the faster erf GELU, whose errors are not amplified. Over six inputs the
-# split took the final states' mean distance from a float64 forward 6.8e-4 -> 4.1e-4 for base (PyTorch fp32: 3.9e-4)
-# and 1.2e-4 -> 0.7e-4 for tiny.en, for ~9% more CPU encoder time (tiny.en: 285 vs 260 ms). Splitting every block's
-# products did no better (base, speech input: 3.3e-4 vs 3.2e-4) at ~1.5x the time; fewer or longer pieces in block 0
-# (192 / 256 / 384) each lost tiny.en's 1e-4 on some input. The erf GELU in every block (stem included) moved
-# tiny.en up to 1.4e-4 from openai-whisper; after the first block, not.
+# The first block's rounding errors are amplified 50-100x by the blocks after it (benchmarks/encoder_accuracy.py;
+# docs/design.md, "Parity tolerances"), so both encoder programs compute the first CAREFUL_BLOCKS blocks' fp32
+# products in BLOCK0_K_CHUNK-long pieces summed pairwise (XLA CPU's products accumulate a long contraction less
+# accurately than MKL's). Over six inputs that took the final states' mean distance from a float64 forward 6.8e-4 ->
+# 4.1e-4 for base (PyTorch fp32: 3.9e-4) and 1.2e-4 -> 0.7e-4 for tiny.en, for ~9% more CPU encoder time (tiny.en:
+# 285 vs 260 ms). Splitting every block's products did no better (base, speech input: 3.3e-4 vs 3.2e-4) at ~1.5x the
+# time; fewer or longer pieces in block 0 (192 / 256 / 384) each lost tiny.en's 1e-4 on some input.
 CAREFUL_BLOCKS = 1
 BLOCK0_K_CHUNK = 128
 
