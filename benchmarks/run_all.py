@@ -4,9 +4,10 @@
     python benchmarks/run_all.py [--rounds 2] [--doc docs/benchmarks.md]
 
 Runs, each in its own process and in this order: ``encoder.py`` (tiny.en encoder vs openai-whisper's PyTorch and
-CTranslate2), ``transcribe.py`` twice (temperature 0 without fallback, where every implementation does the same
-work; then with each library's temperature fallback), each against openai-whisper and faster-whisper with peak
-memory, ``tagging.py`` (the tags' cost on top of transcription, ``tag()`` vs whisper-at) and
+CTranslate2; once in one process, once with ``--isolated``: each implementation in processes of its own),
+``cpu_gemm.py`` (the encoder's fp32 products, XLA vs PyTorch), ``transcribe.py`` twice (temperature 0 without
+fallback, where every implementation does the same work; then with each library's temperature fallback), each
+against openai-whisper and faster-whisper with peak memory, ``tagging.py`` (the tags' cost on top of transcription, ``tag()`` vs whisper-at) and
 ``train_throughput.py`` (head-training examples/s, online and cached). The GPU benchmarks are ``benchmarks/gpu.sh``,
 ``gpu_train.sh`` and ``gpu_asr.sh`` (a lent device only). Run this on a quiet machine: ratios inside a table come
 from one run, interleaved or back to back, but the tables are minutes apart.
@@ -33,8 +34,12 @@ _ASR_COLUMNS = ["audio", "implementation", "seconds", "vs openai-whisper", "firs
                 "compiles (timed)", "load", "peak RSS"]
 #: (key, script, title, table columns, extra arguments, takes --rounds)
 SCRIPTS = [
-    ("encoder", "encoder.py", "tiny.en encoder, 30-s windows",
+    ("encoder", "encoder.py", "tiny.en encoder, 30-s windows, one process",
      ["batch", "implementation", "seconds", "vs PyTorch", "note"], [], True),
+    ("encoder_isolated", "encoder.py", "tiny.en encoder, 30-s windows, each implementation in its own processes",
+     ["batch", "implementation", "seconds", "vs PyTorch", "note"], ["--isolated"], True),
+    ("gemm", "cpu_gemm.py", "fp32 products of the tiny.en encoder, XLA vs PyTorch",
+     ["product", "M x K x N", "XLA GFLOP/s", "PyTorch GFLOP/s", "XLA / PyTorch time"], ["--rounds", "20"], False),
     ("asr_greedy", "transcribe.py", "transcription, tiny.en, temperature 0 without fallback (the same work for all)",
      _ASR_COLUMNS, ["--greedy-only"], True),
     ("asr_fallback", "transcribe.py",
@@ -67,14 +72,15 @@ def summary_rows(results: dict[str, dict]) -> list[dict]:
     """One table over every benchmark: ours against the reference it is judged by, as a time ratio (< 1: ours is
     faster) or throughput."""
     out: list[dict] = []
-    enc = results.get("encoder", {}).get("rows", [])
-    for b in sorted({r["batch"] for r in enc}):
-        ours = _find(enc, batch=str(b), implementation="ours (JAX fp32)")
-        ct2 = _find(enc, batch=str(b), implementation="CTranslate2")
-        if ours:
-            out.append({"benchmark": f"encoder, batch {b}", "ours": f"{ours['seconds']} s",
-                        "reference": "openai-whisper PyTorch fp32", "ours / reference time": ours["vs PyTorch"],
-                        "other": f"CTranslate2 fp32 {ct2['vs PyTorch']}" if ct2 else ""})
+    for key, method in (("encoder", "one process"), ("encoder_isolated", "own processes")):
+        enc = results.get(key, {}).get("rows", [])
+        for b in sorted({r["batch"] for r in enc}):
+            ours = _find(enc, batch=str(b), implementation="ours (JAX fp32)")
+            ct2 = _find(enc, batch=str(b), implementation="CTranslate2")
+            if ours:
+                out.append({"benchmark": f"encoder, batch {b} ({method})", "ours": f"{ours['seconds']} s",
+                            "reference": "openai-whisper PyTorch fp32", "ours / reference time": ours["vs PyTorch"],
+                            "other": f"CTranslate2 fp32 {ct2['vs PyTorch']}" if ct2 else ""})
     for key, label in (("asr_greedy", "no fallback"), ("asr_fallback", "with fallback")):
         rows = results.get(key, {}).get("rows", [])
         for audio in dict.fromkeys(r["audio"] for r in rows):
