@@ -6,24 +6,27 @@ runs), GFLOP/s on the same operands.
 
 Most of the encoder's time is these products (tiny.en, 30-s window: ~37 GFLOP). The shapes are those of the CPU
 encoder program (model._encoder_forward_cpu): a 500-row block through the q/k/v/out projections and the MLP, and
-one head's 500-query block of attention (scores, then weights x values). Ten products per timed call: ``jnp.dot``
-at ``Precision.HIGHEST`` in one jitted ``lax.map`` (as the encoder loops over blocks and heads) against
-``torch.matmul`` on the same ten operands; interleaved rounds.
+one head's 500-query block of attention (scores, then weights x values): ``jnp.dot`` at ``Precision.HIGHEST``
+inside ``jax.jit`` against ``torch.matmul`` on the same operands. Product micro-benchmarks on 2 shared cores move by
+10-20% from run to run (thread wake-ups, the other library's spinning threads); quote the ratios' range over runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
+import time
+from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from common import machine, markdown_table, time_alternating, write_json  # noqa: E402
+from common import machine, markdown_table, write_json  # noqa: E402
 
-REPEATS = 10  # products per timed call
+REPEATS, WARM = 10, 3  # timed and untimed products per round and library
 
 #: (product, M, K, N): x [M, K] @ w [K, N]
 SHAPES = [
@@ -33,6 +36,22 @@ SHAPES = [
     ("attention scores (one head)", 500, 64, 1500),
     ("attention weights x values (one head)", 500, 1500, 64),
 ]
+
+
+def _time_products(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median seconds per product. Rounds alternate the libraries (load drifts hit both); within a round each runs
+    WARM untimed products first, so neither is timed while waking its thread pool or while the other library's
+    threads still spin after their last call, then REPEATS timed ones back to back."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(WARM):
+                fn()
+            t0 = time.perf_counter()
+            for _ in range(REPEATS):
+                fn()
+            times[name].append((time.perf_counter() - t0) / REPEATS)
+    return {name: statistics.median(v) for name, v in times.items()}
 
 
 def main() -> None:
@@ -45,20 +64,16 @@ def main() -> None:
     import jax.numpy as jnp
     import torch
 
-    # REPEATS products in one program (lax.map over operands, as the encoder loops over blocks and heads), so
-    # neither dispatch nor a thread pool's wake-up is timed per product.
-    dots = jax.jit(lambda a, b: jax.lax.map(lambda a1: jnp.dot(a1, b, precision=jax.lax.Precision.HIGHEST), a))
+    dot = jax.jit(lambda a, b: jnp.dot(a, b, precision=jax.lax.Precision.HIGHEST))
     rng = np.random.default_rng(0)
     rows = []
     for product, m, k, n in SHAPES:
-        a = rng.standard_normal((REPEATS, m, k)).astype(np.float32)
+        a = rng.standard_normal((m, k)).astype(np.float32)
         b = rng.standard_normal((k, n)).astype(np.float32)
         a_j, b_j = jnp.asarray(a), jnp.asarray(b)
         a_t, b_t = torch.from_numpy(a), torch.from_numpy(b)
-        t = time_alternating({"xla": lambda: jax.block_until_ready(dots(a_j, b_j)),
-                              "torch": lambda: [torch.matmul(a1, b_t) for a1 in a_t]},
-                             rounds=args.rounds, warmup=2)
-        t = {name: secs / REPEATS for name, secs in t.items()}
+        t = _time_products({"xla": lambda: jax.block_until_ready(dot(a_j, b_j)),
+                            "torch": lambda: torch.matmul(a_t, b_t)}, args.rounds)
         gflop = 2 * m * k * n / 1e9
         rows.append({"product": product, "M x K x N": f"{m} x {k} x {n}",
                      "XLA GFLOP/s": f"{gflop / t['xla']:.0f}", "PyTorch GFLOP/s": f"{gflop / t['torch']:.0f}",
