@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from whisper_at_jax.model import SIZE_ALIASES
+
 #: Per Whisper size: (TL-TR lr, TL-TR-512 lr, epochs, WA start, WA end), from the reference's training logs/scripts.
 #: ``.en`` models use their multilingual sibling's values (the reference has no logs for them).
 PAPER_RECIPES = {
@@ -22,9 +24,9 @@ PAPER_RECIPES = {
 
 
 def size_of(model: str) -> str:
-    """``tiny.en`` -> ``tiny``; ``large`` -> ``large-v2`` (openai-whisper's alias)."""
+    """``tiny.en`` -> ``tiny``; ``large`` -> ``large-v2`` (Whisper-AT's alias: ``model.SIZE_ALIASES``)."""
     base = model[:-3] if model.endswith(".en") else model
-    base = {"large": "large-v2", "large-v3-turbo": "turbo"}.get(base, base)
+    base = SIZE_ALIASES.get(base, base)
     if base not in PAPER_RECIPES:
         raise ValueError(f"no recipe for Whisper size {model!r}; known: {sorted(PAPER_RECIPES)} (+ .en)")
     return base

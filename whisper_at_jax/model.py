@@ -76,11 +76,15 @@ _SIZES = {
 }
 
 
+# "large" is large-v2 as in Whisper-AT (its models and released heads); openai-whisper now means large-v3 by it.
+SIZE_ALIASES = {"large": "large-v2", "large-v3-turbo": "turbo"}
+
+
 def dims_for(name: str) -> ModelDimensions:
-    """Dims of a named Whisper size (``tiny.en``, ``base``, ..., ``large-v3``, ``turbo``)."""
+    """Dims of a named Whisper size (``tiny.en``, ``base``, ..., ``large-v3``, ``turbo``; ``large`` = large-v2)."""
     english_only = name.endswith(".en")
     base = name[: -len(".en")] if english_only else name
-    base = {"large": "large-v2", "large-v3-turbo": "turbo"}.get(base, base)
+    base = SIZE_ALIASES.get(base, base)
     if base not in _SIZES or (english_only and base not in ("tiny", "base", "small", "medium")):
         raise ValueError(f"unknown Whisper size {name!r}; known: {sorted(_SIZES)} (+ '.en' for tiny..medium)")
     n_mels, width, heads, enc_layers, dec_layers, n_vocab = _SIZES[base]

@@ -103,7 +103,7 @@ def find_tokenizer(dims: ModelDimensions, near: str | os.PathLike | None = None,
     for this vocabulary (``gpt2.tiktoken`` for English-only, ``multilingual.tiktoken``) when openai-whisper is
     installed, cached under ``$XDG_CACHE_HOME/whisper_at_jax``; the ``tokenizer.json`` of an embedded model with the
     same vocabulary (tiny.en for n_vocab 51864, base for 51865). The vocabulary (and with it every special-token id)
-    is fixed by ``n_vocab``, so any of these gives the same ids. ``build=False`` (what ``load_model`` uses, to stay
+    is fixed by ``n_vocab``, so any of these gives the same ids. ``build=False`` (what ``load_model`` tries first, to stay
     fast) skips building from tiktoken but still takes an already cached build.
     """
     if near is not None:
@@ -172,12 +172,18 @@ def resolve(name_or_path: str | os.PathLike) -> Loaded:
     """Load Whisper weights from a model name or any supported path (converting on the fly).
 
     A source without its own ``tokenizer.json`` (an OpenAI ``.pt``; Hugging Face or CTranslate2 folders that lack
-    one) gets one from :func:`find_tokenizer` when it can (``tokenizer_note`` says which); else ``tokenizer_file``
-    is None.
+    one) gets one from :func:`find_tokenizer` when it can (``tokenizer_note`` says which): a ``tokenizer.json``
+    beside a checkpoint file, a cached build, an embedded model's of the same vocabulary, else one built from
+    openai-whisper's tiktoken file; failing all of these ``tokenizer_file`` is None.
     """
     loaded = _resolve(name_or_path)
     if loaded.tokenizer_file is None:
-        loaded.tokenizer_file, note = find_tokenizer(loaded.dims, build=False)
+        near = name_or_path if Path(name_or_path).is_file() else None
+        loaded.tokenizer_file, note = find_tokenizer(loaded.dims, near=near, build=False)
+        if loaded.tokenizer_file is None:
+            # no cached build and no embedded model with this vocabulary (large-v3 and turbo: 51866 tokens): build
+            # it from openai-whisper's tiktoken file once (~2 s; cached for the next load)
+            loaded.tokenizer_file, note = find_tokenizer(loaded.dims, near=near, build=True)
         loaded.tokenizer_note = note
     return loaded
 
