@@ -395,6 +395,19 @@ def test_load_model_formats(ref, pt_file, ours_dir):
     assert out.shape == (1, 100, 384) and np.isfinite(out).all()
 
 
+def test_load_model_takes_tokenizer_beside_pt(ref, pt_file, tmp_path):
+    """A tokenizer.json next to a .pt is the checkpoint's own: load_model uses it before any other."""
+    import shutil
+
+    pt = tmp_path / "model.pt"
+    shutil.copy(pt_file, pt)
+    shutil.copy(ref.tokenizer_file, tmp_path / "tokenizer.json")
+    model = wat.load_model(pt, at_head=False)
+    assert model.tokenizer_file == str(tmp_path / "tokenizer.json")
+    assert model.tokenizer.encode(" Hello world") == wat.load_model("tiny.en", at_head=False).tokenizer.encode(
+        " Hello world")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Whisper-AT heads
 
