@@ -144,3 +144,20 @@ def test_large_v3_layout_matches_openai_whisper(v3_pair, speech):
     assert len(probs) == 100 and "yue" in probs
     for code, p in ref_probs.items():  # softmax over the 100 language logits (measured 1.8e-6)
         assert abs(probs[code] - p) <= 1e-5, code
+
+
+def test_large_v3_layout_transcribes_as_openai_whisper(v3_pair, speech):
+    """openai-whisper's transcribe on the same random weights: language detection over the 100 languages, the
+    shifted special tokens (<|transcribe|> 50360, <|notimestamps|> 50364, timestamps from 50365) and the
+    suppression rules on a 51866-token vocabulary give the same tokens (random weights repeat one word until the
+    224-token limit, which is still a full greedy decode to compare)."""
+    import whisper
+    from test_transcribe import assert_same_transcript
+
+    from whisper_at_jax.transcribe import transcribe
+
+    ours, ref = v3_pair
+    expected = whisper.transcribe(ref, speech, fp16=False, temperature=0.0)
+    got = transcribe(ours, speech, temperature=0.0)
+    assert got["segments"] and got["language"] != "en"  # detected, not defaulted
+    assert_same_transcript(expected, got)
