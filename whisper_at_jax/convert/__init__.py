@@ -103,8 +103,8 @@ def find_tokenizer(dims: ModelDimensions, near: str | os.PathLike | None = None,
     for this vocabulary (``gpt2.tiktoken`` for English-only, ``multilingual.tiktoken``) when openai-whisper is
     installed, cached under ``$XDG_CACHE_HOME/whisper_at_jax``; the ``tokenizer.json`` of an embedded model with the
     same vocabulary (tiny.en for n_vocab 51864, base for 51865). The vocabulary (and with it every special-token id)
-    is fixed by ``n_vocab``, so any of these gives the same ids. ``build=False`` (what ``load_model`` tries first, to stay
-    fast) skips building from tiktoken but still takes an already cached build.
+    is fixed by ``n_vocab``, so any of these gives the same ids. ``build=False`` (what ``load_model`` tries first,
+    to stay fast) skips building from tiktoken but still takes an already cached build.
     """
     if near is not None:
         beside = Path(near).parent / "tokenizer.json"
