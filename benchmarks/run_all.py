@@ -7,9 +7,9 @@ Runs, each in its own process and in this order: ``encoder.py`` (tiny.en encoder
 CTranslate2; once in one process, once with ``--isolated``: each implementation in processes of its own),
 ``cpu_gemm.py`` (the encoder's fp32 products, XLA vs PyTorch), ``transcribe.py`` twice (temperature 0 without
 fallback, where every implementation does the same work; then with each library's temperature fallback), each
-against openai-whisper and faster-whisper with peak memory, ``tagging.py`` (the tags' cost on top of transcription, ``tag()`` vs whisper-at) and
-``train_throughput.py`` (head-training examples/s, online and cached). The GPU benchmarks are ``benchmarks/gpu.sh``,
-``gpu_train.sh`` and ``gpu_asr.sh`` (a lent device only). Run this on a quiet machine: ratios inside a table come
+against openai-whisper and faster-whisper with peak memory, ``tagging.py`` (the tags' cost on top of
+transcription, ``tag()`` vs whisper-at) and ``train_throughput.py`` (head-training examples/s, online and cached).
+The GPU benchmarks are ``benchmarks/gpu.sh``, ``gpu_train.sh`` and ``gpu_asr.sh`` (a lent device only). Run this on a quiet machine: ratios inside a table come
 from one run, interleaved or back to back, but the tables are minutes apart.
 """
 
