@@ -100,7 +100,7 @@ def _from_torch(path: Path, dims: ModelDimensions, mode: str | None) -> tuple[di
         n_layers = int(np.shape(head_params["layer_weight"])[0])
     elif released:
         size = released.group(1)
-        n_layers = dims_for("large-v2" if size == "large" else size).n_audio_layer
+        n_layers = dims_for(size).n_audio_layer  # "large": large-v2, as whisper-at names its heads
         expect = "tl_down_tr" if released.group(3) == "low" else "tl_tr"
         if not mode.startswith(expect):
             raise CheckpointError(f"{path}: a released '{released.group(3)}' head should be {expect}_*, "
