@@ -96,10 +96,14 @@ _TO_HF = [(r"\.blocks\.(\d+)\.", r".layers.\1."), (r"\.mlp\.0\.", ".fc1."), (r"\
 @pytest.fixture(scope="session")
 def hf_model(ref, state_dict):
     """transformers' PyTorch Whisper holding the real tiny.en tensors."""
+    return hf_whisper(state_dict, ref.dims)
+
+
+def hf_whisper(state_dict: dict[str, np.ndarray], d):
+    """transformers' ``WhisperForConditionalGeneration`` holding an openai-named state dict, for dims ``d``."""
     import torch
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-    d = ref.dims
     cfg = WhisperConfig(vocab_size=d.n_vocab, num_mel_bins=d.n_mels, encoder_layers=d.n_audio_layer,
                         encoder_attention_heads=d.n_audio_head, decoder_layers=d.n_text_layer,
                         decoder_attention_heads=d.n_text_head, d_model=d.n_audio_state,

@@ -165,3 +165,24 @@ def test_large_v3_layout_transcribes_as_openai_whisper(v3_pair, speech):
     got = transcribe(ours, speech, temperature=0.0)
     assert got["segments"] and got["language"] != "en"  # detected, not defaulted
     assert_same_transcript(expected, got)
+
+
+def test_large_v3_layout_converts_from_every_format(v3_pair, tmp_path):
+    """The same weights as a Hugging Face folder (transformers' save_pretrained, config num_mel_bins 128 / vocab_size
+    51866) and as CTranslate2's own conversion of it (float32) load as exactly the params the .pt gave."""
+    import shutil
+
+    from ctranslate2.converters import TransformersConverter
+    from test_convert import assert_params_equal, hf_whisper
+
+    from whisper_at_jax.convert import params_to_state_dict
+
+    ours, _ = v3_pair
+    hf = tmp_path / "hf"
+    hf_whisper(params_to_state_dict(ours.params), V3_SMALL).save_pretrained(hf)
+    shutil.copyfile(ours.tokenizer_file, hf / "tokenizer.json")  # CTranslate2's converter reads it
+    ct2 = TransformersConverter(str(hf)).convert(str(tmp_path / "ct2"), quantization="float32")
+    for path in (hf, ct2):
+        loaded = wat.load_model(path, at_head=False)
+        assert loaded.dims == V3_SMALL and loaded.num_languages == 100, path
+        assert_params_equal(loaded.params, ours.params)
