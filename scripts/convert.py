@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.tokenizer and not Path(args.tokenizer).is_file():
             raise ValueError(f"--tokenizer {args.tokenizer}: no such file")
 
-        from whisper_at_jax.convert import find_tokenizer, progress, resolve, save_checkpoint
+        from whisper_at_jax.convert import progress, resolve, save_checkpoint
         from whisper_at_jax.convert.at_head import load_at_head, read_labels
         from whisper_at_jax.convert.openai import flatten
 
@@ -90,12 +90,11 @@ def main(argv: list[str] | None = None) -> int:
 
         tokenizer = args.tokenizer
         if tokenizer is None:
-            tokenizer = loaded.tokenizer_file
-            if tokenizer is None or loaded.tokenizer_note:  # the checkpoint brought none: look harder (may build)
-                tokenizer, how = find_tokenizer(loaded.dims, near=args.src if src.is_file() else None, build=True)
-                if tokenizer is None:
-                    raise ValueError(f"{args.src} carries no tokenizer.json and {how}")
-                log(f"  tokenizer: {how}")
+            tokenizer = loaded.tokenizer_file  # resolve() already looked for one if the checkpoint brought none
+            if tokenizer is None:
+                raise ValueError(f"{args.src} carries no tokenizer.json and {loaded.tokenizer_note}")
+            if loaded.tokenizer_note:
+                log(f"  tokenizer: {loaded.tokenizer_note}")
 
         t = time.perf_counter()
         log(f"writing {out} ({args.dtype})")

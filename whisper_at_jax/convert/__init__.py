@@ -99,51 +99,48 @@ def find_tokenizer(dims: ModelDimensions, near: str | os.PathLike | None = None,
                    ) -> tuple[str | None, str]:
     """A ``tokenizer.json`` for a checkpoint that has none (an OpenAI ``.pt``) -> (path or None, how it was found).
 
-    In order: a ``tokenizer.json`` beside the checkpoint (``near``); one built from openai-whisper's tiktoken file
-    for this vocabulary (``gpt2.tiktoken`` for English-only, ``multilingual.tiktoken``) when openai-whisper is
-    installed, cached under ``$XDG_CACHE_HOME/whisper_at_jax``; the ``tokenizer.json`` of an embedded model with the
-    same vocabulary (tiny.en for n_vocab 51864, base for 51865). The vocabulary (and with it every special-token id)
-    is fixed by ``n_vocab``, so any of these gives the same ids. ``build=False`` (what ``load_model`` tries first,
-    to stay fast) skips building from tiktoken but still takes an already cached build.
+    In order, cheapest first: a ``tokenizer.json`` beside the checkpoint file ``near``; one already built from
+    openai-whisper's tiktoken file for this vocabulary (``gpt2.tiktoken`` for English-only, ``multilingual.tiktoken``),
+    cached under ``$XDG_CACHE_HOME/whisper_at_jax``; the ``tokenizer.json`` of an embedded model with the same
+    vocabulary (tiny.en for n_vocab 51864, base for 51865); else, with ``build``, one built now from the tiktoken file
+    when openai-whisper is installed (~2 s, then cached: large-v3 and turbo's 51866 tokens have no embedded model).
+    The vocabulary (and with it every special-token id) is fixed by ``n_vocab``, so any of these gives the same ids.
     """
     if near is not None:
         beside = Path(near).parent / "tokenizer.json"
         if beside.is_file():
             return str(beside), f"using {beside} found beside the checkpoint"
     name = "multilingual" if dims.is_multilingual else "gpt2"
-    spec = importlib.util.find_spec("whisper")  # openai-whisper; locating it does not import torch
-    tiktoken = None
-    if spec is not None and spec.submodule_search_locations:
-        cand = Path(list(spec.submodule_search_locations)[0]) / "assets" / f"{name}.tiktoken"
-        tiktoken = cand if cand.is_file() else None
-    note = ""
-    if tiktoken is not None:
-        try:
-            from ..tokenizer import tokenizer_json_from_tiktoken
-        except ImportError:
-            tokenizer_json_from_tiktoken = None
-        if tokenizer_json_from_tiktoken is not None:
-            out = _cache_dir() / f"tokenizer-{name}-{dims.num_languages}.json"
-            try:
-                if not _loads_as_hf_tokenizer(out) and build:
-                    text = tokenizer_json_from_tiktoken(tiktoken, dims.is_multilingual, dims.num_languages)
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-                    tmp.write_text(text, encoding="utf-8")
-                    os.replace(tmp, out)
-                if _loads_as_hf_tokenizer(out):
-                    return str(out), f"built tokenizer.json from openai-whisper's {tiktoken.name} (cached at {out})"
-                if build:
-                    note = f" (the tokenizer.json built from {tiktoken.name} did not load with `tokenizers`)"
-            except (OSError, ValueError) as e:
-                note = f" (building it from {tiktoken.name} failed: {e})"
+    cached = _cache_dir() / f"tokenizer-{name}-{dims.num_languages}.json"
+    if _loads_as_hf_tokenizer(cached):
+        return str(cached), f"using the tokenizer.json built from openai-whisper's {name}.tiktoken (cached at {cached})"
     embedded = {51864: "tiny.en", 51865: "base"}.get(dims.n_vocab)
     if embedded is not None:
         files = embedded_model_dir(embedded)
         if files is not None and (files[0] / "tokenizer.json").is_file():
             tok = files[0] / "tokenizer.json"
             return str(tok), (f"using the tokenizer.json of the embedded {embedded} model (same vocabulary, "
-                              f"n_vocab {dims.n_vocab}): {tok}{note}")
+                              f"n_vocab {dims.n_vocab}): {tok}")
+    spec = importlib.util.find_spec("whisper")  # openai-whisper; locating it does not import torch
+    tiktoken = None
+    if spec is not None and spec.submodule_search_locations:
+        cand = Path(list(spec.submodule_search_locations)[0]) / "assets" / f"{name}.tiktoken"
+        tiktoken = cand if cand.is_file() else None
+    note = ""
+    if tiktoken is not None and build:
+        from ..tokenizer import tokenizer_json_from_tiktoken
+
+        try:
+            text = tokenizer_json_from_tiktoken(tiktoken, dims.is_multilingual, dims.num_languages)
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, cached)
+            if _loads_as_hf_tokenizer(cached):
+                return str(cached), f"built tokenizer.json from openai-whisper's {tiktoken.name} (cached at {cached})"
+            note = f" (the tokenizer.json built from {tiktoken.name} did not load with `tokenizers`)"
+        except (OSError, ValueError) as e:
+            note = f" (building it from {tiktoken.name} failed: {e})"
     return None, (f"no tokenizer.json for n_vocab {dims.n_vocab}: pass --tokenizer FILE, or install openai-whisper "
                   f"(its {name}.tiktoken is converted){note}")
 
@@ -172,19 +169,13 @@ def resolve(name_or_path: str | os.PathLike) -> Loaded:
     """Load Whisper weights from a model name or any supported path (converting on the fly).
 
     A source without its own ``tokenizer.json`` (an OpenAI ``.pt``; Hugging Face or CTranslate2 folders that lack
-    one) gets one from :func:`find_tokenizer` when it can (``tokenizer_note`` says which): a ``tokenizer.json``
-    beside a checkpoint file, a cached build, an embedded model's of the same vocabulary, else one built from
-    openai-whisper's tiktoken file; failing all of these ``tokenizer_file`` is None.
+    one) gets one from :func:`find_tokenizer` when it can (``tokenizer_note`` says which); else ``tokenizer_file``
+    is None and ``tokenizer_note`` says why.
     """
     loaded = _resolve(name_or_path)
     if loaded.tokenizer_file is None:
         near = name_or_path if Path(name_or_path).is_file() else None
-        loaded.tokenizer_file, note = find_tokenizer(loaded.dims, near=near, build=False)
-        if loaded.tokenizer_file is None:
-            # no cached build and no embedded model with this vocabulary (large-v3 and turbo: 51866 tokens): build
-            # it from openai-whisper's tiktoken file once (~2 s; cached for the next load)
-            loaded.tokenizer_file, note = find_tokenizer(loaded.dims, near=near, build=True)
-        loaded.tokenizer_note = note
+        loaded.tokenizer_file, loaded.tokenizer_note = find_tokenizer(loaded.dims, near=near)
     return loaded
 
 
