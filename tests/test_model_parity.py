@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 
-
 def _mel(audio: np.ndarray, n_mels: int) -> np.ndarray:
     import whisper
 
