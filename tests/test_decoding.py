@@ -25,7 +25,6 @@ import pytest
 torch = pytest.importorskip("torch")
 whisper = pytest.importorskip("whisper")
 
-
 from whisper_at_jax.decoding import DecodingOptions, DecodingResult, decode, detect_language  # noqa: E402
 
 LOGPROB_TOL = 1e-4
