@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -95,8 +95,12 @@ def load_clip(path: str, seconds: float = CLIP_SECONDS) -> np.ndarray:
     return np.pad(a, (0, max(0, n - len(a))))[:n].astype(np.float32)
 
 
-def extract(model_name: str, rows: list[dict], names: list[str], out_dir: Path, batch_size: int = 16) -> Path:
-    """Pooled taps of every clip via the trainer's extraction, into ``out_dir`` (skipped when already complete)."""
+def _write_features(model_name: str, rows: list[dict], names: list[str], out_dir: Path, batch_size: int,
+                    source: str, clip_audio: Callable[[int, list[dict]], np.ndarray], what: str, flag: str) -> Path:
+    """Pooled taps of every clip via the trainer's extraction, into ``out_dir`` (skipped when already complete).
+
+    ``clip_audio(start, chunk)`` gives the [len(chunk), samples] audio of the rows ``rows[start:start + len(chunk)]``.
+    """
     from whisper_at_jax import load_model
     from whisper_at_jax.train import FeatureWriter, extract_features
 
@@ -104,19 +108,18 @@ def extract(model_name: str, rows: list[dict], names: list[str], out_dir: Path, 
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         if meta.get("model") == model_name and meta.get("splits", {}).get("train", {}).get("n") == len(rows):
-            print(f"features: reusing {out_dir}", flush=True)
+            print(f"{what}: reusing {out_dir}", flush=True)
             return out_dir
         raise ESC50Error(f"{out_dir}: holds other features ({meta.get('model')}, "
-                         f"{meta.get('splits', {}).get('train', {}).get('n')} clips); give another --features")
+                         f"{meta.get('splits', {}).get('train', {}).get('n')} clips); give another {flag}")
     model = load_model(model_name, at_head=False)
     d = model.dims
-    n_classes = len(names)
 
     def batches() -> Iterator[dict]:
         for s in range(0, len(rows), batch_size):
             chunk = rows[s:s + batch_size]
-            audio = np.stack([load_clip(r["path"]) for r in chunk])
-            labels = np.zeros((len(chunk), n_classes), np.float32)
+            audio = clip_audio(s, chunk)
+            labels = np.zeros((len(chunk), len(names)), np.float32)
             labels[np.arange(len(chunk)), [r["target"] for r in chunk]] = 1
             pad = batch_size - len(chunk)  # fixed batch shape: one compile
             yield {"audio": np.pad(audio, ((0, pad), (0, 0))), "labels": np.pad(labels, ((0, pad), (0, 0))),
@@ -127,12 +130,18 @@ def extract(model_name: str, rows: list[dict], names: list[str], out_dir: Path, 
     writer = FeatureWriter(out_dir, "train", {
         "model": model_name, "n_layers": d.n_audio_layer, "width": d.n_audio_state,
         "steps": int(CLIP_SECONDS * 50) // POOL, "pool": POOL, "clip_seconds": CLIP_SECONDS,
-        "labels": names, "source": "ESC-50"}, shard_size=4096, dtype="float16")
+        "labels": names, "source": source}, shard_size=4096, dtype="float16")
     t0 = time.perf_counter()
     n = extract_features(model, batches(), writer, pool=POOL, batch_size=batch_size, progress=True)
     writer.close()
-    print(f"features: {n} clips in {time.perf_counter() - t0:.0f} s -> {out_dir}", flush=True)
+    print(f"{what}: {n} clips in {time.perf_counter() - t0:.0f} s -> {out_dir}", flush=True)
     return out_dir
+
+
+def extract(model_name: str, rows: list[dict], names: list[str], out_dir: Path, batch_size: int = 16) -> Path:
+    """Pooled taps of every clip via the trainer's extraction, into ``out_dir`` (skipped when already complete)."""
+    return _write_features(model_name, rows, names, out_dir, batch_size, "ESC-50",
+                           lambda _, chunk: np.stack([load_clip(r["path"]) for r in chunk]), "features", "--features")
 
 
 _TAPS: dict[str, tuple] = {}
@@ -252,48 +261,15 @@ def speech_under(clip: np.ndarray, bank: list[np.ndarray], rng: np.random.Genera
 def extract_speech_mixed(model_name: str, rows: list[dict], names: list[str], out_dir: Path, seed: int = 0,
                          batch_size: int = 16) -> Path:
     """Like :func:`extract`, but every clip carries speech (:func:`speech_under`, fixed seed per clip)."""
-    from whisper_at_jax import load_model
-    from whisper_at_jax.train import FeatureWriter, extract_features
-
-    meta_path = out_dir / "meta.json"
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("model") == model_name and meta.get("splits", {}).get("train", {}).get("n") == len(rows):
-            print(f"speech-mixed features: reusing {out_dir}", flush=True)
-            return out_dir
-        raise ESC50Error(f"{out_dir}: holds other features; give another --speech_features")
     bank = speech_bank(seed)
-    model = load_model(model_name, at_head=False)
-    d = model.dims
-    snrs = []
 
-    def batches() -> Iterator[dict]:
-        for s in range(0, len(rows), batch_size):
-            chunk = rows[s:s + batch_size]
-            audio = []
-            for r in chunk:
-                y, snr = speech_under(load_clip(r["path"]), bank, np.random.default_rng([seed, int(s), len(audio)]))
-                audio.append(y)
-                snrs.append(snr)
-            audio = np.stack(audio)
-            labels = np.zeros((len(chunk), len(names)), np.float32)
-            labels[np.arange(len(chunk)), [r["target"] for r in chunk]] = 1
-            pad = batch_size - len(chunk)
-            yield {"audio": np.pad(audio, ((0, pad), (0, 0))), "labels": np.pad(labels, ((0, pad), (0, 0))),
-                   "id": [r["id"] for r in chunk] + [""] * pad,
-                   "fold": np.asarray([r["fold"] for r in chunk] + [-1] * pad),
-                   "mask": np.asarray([1.0] * len(chunk) + [0.0] * pad, np.float32)}
+    def clip_audio(start: int, chunk: list[dict]) -> np.ndarray:
+        return np.stack([speech_under(load_clip(r["path"]), bank, np.random.default_rng([seed, start, i]))[0]
+                         for i, r in enumerate(chunk)])
 
-    writer = FeatureWriter(out_dir, "train", {
-        "model": model_name, "n_layers": d.n_audio_layer, "width": d.n_audio_state,
-        "steps": int(CLIP_SECONDS * 50) // POOL, "pool": POOL, "clip_seconds": CLIP_SECONDS,
-        "labels": names, "source": f"ESC-50 + espeak-ng speech at {AUG_SNR_DB} dB, seed {seed}"},
-        shard_size=4096, dtype="float16")
-    t0 = time.perf_counter()
-    n = extract_features(model, batches(), writer, pool=POOL, batch_size=batch_size, progress=True)
-    writer.close()
-    print(f"speech-mixed features: {n} clips in {time.perf_counter() - t0:.0f} s -> {out_dir}", flush=True)
-    return out_dir
+    return _write_features(model_name, rows, names, out_dir, batch_size,
+                           f"ESC-50 + espeak-ng speech at {AUG_SNR_DB} dB, seed {seed}", clip_audio,
+                           "speech-mixed features", "--speech_features")
 
 
 def load_all_taps(features: Path) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
