@@ -111,11 +111,18 @@ class WhisperModel:
                                 head_config=self.head_config, overwrite=overwrite)
 
     def to_openai_whisper(self):
-        """openai-whisper's PyTorch ``Whisper`` with exactly these weights (fp32, eval mode, CPU), e.g. to compare
-        outputs with OpenAI's code on the same inputs. Needs torch and openai-whisper (the ``test`` extra)."""
-        from .convert.openai import to_openai_whisper
+        """openai-whisper's PyTorch ``Whisper`` with exactly these weights (fp32, eval mode, CPU) and this
+        checkpoint's alignment heads (word timestamps), e.g. to compare outputs with OpenAI's code on the same
+        inputs. Needs torch and openai-whisper (the ``test`` extra)."""
+        import torch
 
-        return to_openai_whisper(self.params, self.dims)
+        from .convert.openai import to_openai_whisper
+        from .timing import alignment_heads
+
+        ref = to_openai_whisper(self.params, self.dims)
+        # what openai-whisper's set_alignment_heads stores
+        ref.register_buffer("alignment_heads", torch.from_numpy(alignment_heads(self)).to_sparse(), persistent=False)
+        return ref
 
 
 def shipped_head_dir(name: str) -> str | None:

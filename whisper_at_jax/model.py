@@ -223,6 +223,13 @@ class MultiHeadAttention(nn.Module):
         """Attention of ``x``'s queries over given head-major keys/values (cached self-attention, cross-attention)."""
         return self.out(_attend(split_heads(self.query(x), self.n_head), k, v, mask))
 
+    def logits_kv(self, x: Array, k: Array) -> Array:
+        """fp32 attention logits [B, H, T, S] (scaled, before the softmax) of ``x``'s queries over head-major keys:
+        the cross-attention weights word timing reads."""
+        q = _scale_queries(split_heads(self.query(x), self.n_head))
+        return jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32,
+                          precision=matmul_precision(self.dtype))
+
 
 class ResidualAttentionBlock(nn.Module):
     """Pre-LN Transformer block; the same block builds Whisper's encoder and the Whisper-AT heads."""
@@ -252,9 +259,10 @@ class ResidualAttentionBlock(nn.Module):
     def cross_kv(self, xa: Array) -> tuple[Array, Array]:
         return self.cross_attn.kv(xa)
 
-    def decode(self, x: Array, cache: "DecoderCache", layer: int, offset: Array, self_mask: Array
-               ) -> tuple[Array, "DecoderCache"]:
-        """One decoder step over ``x`` [B, T, d] at positions offset..offset+T-1 of layer ``layer``'s cache.
+    def decode(self, x: Array, cache: "DecoderCache", layer: int, offset: Array, self_mask: Array,
+               cross_logits: bool = False) -> tuple[Array, "DecoderCache", Array | None]:
+        """One decoder step over ``x`` [B, T, d] at positions offset..offset+T-1 of layer ``layer``'s cache ->
+        (output, cache, and with ``cross_logits`` the cross-attention logits [B, H, T, S], else None).
 
         The new keys/values are written into the stacked [L, B, H, ctx, hd] cache in place (one
         dynamic_update_slice on the whole stack), so a decode loop carries the cache without re-stacking it.
@@ -265,8 +273,10 @@ class ResidualAttentionBlock(nn.Module):
         self_k = jax.lax.dynamic_update_slice(cache.self_k, k_new[None].astype(cache.self_k.dtype), start)
         self_v = jax.lax.dynamic_update_slice(cache.self_v, v_new[None].astype(cache.self_v.dtype), start)
         x = x + self.attn.attend_kv(h, self_k[layer], self_v[layer], self_mask)
-        x = x + self.cross_attn.attend_kv(self.cross_attn_ln(x), cache.cross_k[layer], cache.cross_v[layer])
-        return self.mlp(x), cache._replace(self_k=self_k, self_v=self_v)
+        h = self.cross_attn_ln(x)
+        x = x + self.cross_attn.attend_kv(h, cache.cross_k[layer], cache.cross_v[layer])
+        qk = self.cross_attn.logits_kv(h, cache.cross_k[layer]) if cross_logits else None
+        return self.mlp(x), cache._replace(self_k=self_k, self_v=self_v), qk
 
 
 class AudioEncoder(nn.Module):
@@ -500,6 +510,12 @@ class TextDecoder(nn.Module):
 
     def __call__(self, tokens: Array, cache: DecoderCache, offset: Array | int = 0) -> tuple[Array, DecoderCache]:
         """tokens [B, T] at positions offset..offset+T-1 -> fp32 logits [B, T, n_vocab] and the updated cache."""
+        logits, cache, _ = self.forward(tokens, cache, offset)
+        return logits, cache
+
+    def forward(self, tokens: Array, cache: DecoderCache, offset: Array | int = 0, cross_logits: bool = False
+                ) -> tuple[Array, DecoderCache, Array | None]:
+        """``__call__``, and with ``cross_logits`` every layer's cross-attention logits [L, B, H, T, S]."""
         t = tokens.shape[1]
         offset = jnp.asarray(offset, jnp.int32)
         pos = jax.lax.dynamic_slice_in_dim(self.positional_embedding, offset, t, axis=0)
@@ -507,10 +523,13 @@ class TextDecoder(nn.Module):
         q_pos = offset + jnp.arange(t)
         k_pos = jnp.arange(self.n_ctx)
         mask = jnp.where(k_pos[None, :] <= q_pos[:, None], 0.0, -jnp.inf).astype(jnp.float32)
+        qks = []
         for i, block in enumerate(self.blocks):
-            x, cache = block.decode(x, cache, i, offset, mask)
+            x, cache, qk = block.decode(x, cache, i, offset, mask, cross_logits)
+            qks.append(qk)
         x = self.ln(x)
-        return tied_logits(x, self.token_embedding.embedding, self.dtype), cache
+        return (tied_logits(x, self.token_embedding.embedding, self.dtype), cache,
+                jnp.stack(qks) if cross_logits else None)
 
 
 class Whisper(nn.Module):
@@ -534,6 +553,12 @@ class Whisper(nn.Module):
 
     def decode(self, tokens: Array, cache: DecoderCache, offset: Array | int = 0):
         return self.decoder(tokens, cache, offset)
+
+    def decode_cross_logits(self, tokens: Array, audio_features: Array) -> tuple[Array, Array]:
+        """Forced pass of ``tokens`` [B, T] from position 0 -> (logits [B, T, n_vocab], cross-attention logits
+        [L, B, H, T, S]): what word timing aligns."""
+        logits, _, qk = self.decoder.forward(tokens, self.init_cache(audio_features), 0, cross_logits=True)
+        return logits, qk
 
     def __call__(self, mel: Array, tokens: Array) -> Array:
         """Full forward (teacher forcing): logits [B, T, n_vocab] for ``tokens`` given ``mel``."""

@@ -62,6 +62,7 @@ import numpy as np
 from .audio import (FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, load_audio,
                     log_mel_spectrogram)
 from .decoding import DecodingOptions, DecodingResult, decode, detect_language
+from .timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS, add_word_timestamps, get_end
 
 #: Encoder frames per pooled step (Whisper-AT's 0.4 s).
 FRAMES_PER_POOL = 20
@@ -71,7 +72,7 @@ FRAMES_PER_STEP = 40
 _DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 _DECODE_FIELDS = {f.name for f in fields(DecodingOptions)}
 # openai-whisper transcribe() arguments we do not implement: refused when switched on, ignored when off
-_UNSUPPORTED = ("word_timestamps", "hallucination_silence_threshold", "highlight_words")
+_UNSUPPORTED = ("hallucination_silence_threshold", "highlight_words")
 
 
 class TranscribeError(ValueError):
@@ -186,8 +187,7 @@ def _check_decode_options(decode_options: dict) -> None:
     for name in _UNSUPPORTED:
         if decode_options.pop(name, None):
             raise TranscribeError(f"{name} is not supported by whisper_at_jax.transcribe")
-    for name in ("prepend_punctuations", "append_punctuations", "max_line_width", "max_line_count",
-                 "max_words_per_line"):
+    for name in ("max_line_width", "max_line_count", "max_words_per_line"):
         decode_options.pop(name, None)
     unknown = set(decode_options) - _DECODE_FIELDS
     if unknown:
@@ -394,6 +394,8 @@ def _finish_window(segments: list[dict], all_segments: list[dict], all_tokens: l
         if s["start"] == s["end"] or s["text"].strip() == "":
             s["text"] = ""
             s["tokens"] = []
+            if "words" in s:
+                s["words"] = []
     for s in segments:
         all_segments.append({"id": len(all_segments), **s})
     all_tokens.extend(t for s in segments for t in s["tokens"])
@@ -414,8 +416,10 @@ def transcribe(model: Any, audio: Any, *, verbose: bool | None = None,
                compression_ratio_threshold: float | None = 2.4, logprob_threshold: float | None = -1.0,
                no_speech_threshold: float | None = 0.6, condition_on_previous_text: bool = True,
                initial_prompt: str | None = None, carry_initial_prompt: bool = False,
-               clip_timestamps: str | Sequence[float] = "0", mode: str = "sequential", batch_size: int = 8,
-               at_time_res: float | None = None, **decode_options: Any) -> dict:
+               clip_timestamps: str | Sequence[float] = "0", word_timestamps: bool = False,
+               prepend_punctuations: str = PREPEND_PUNCTUATIONS, append_punctuations: str = APPEND_PUNCTUATIONS,
+               mode: str = "sequential", batch_size: int = 8, at_time_res: float | None = None,
+               **decode_options: Any) -> dict:
     """Transcribe an audio file or 16-kHz waveform, as openai-whisper's ``transcribe`` (and whisper-at's).
 
     Args:
@@ -426,6 +430,9 @@ def transcribe(model: Any, audio: Any, *, verbose: bool | None = None,
         compression_ratio_threshold, logprob_threshold, no_speech_threshold, condition_on_previous_text,
         initial_prompt, carry_initial_prompt, clip_timestamps: as openai-whisper (``clip_timestamps`` and the
             conditioning only in sequential mode; batched mode gives ``initial_prompt`` to every window).
+        word_timestamps, prepend_punctuations, append_punctuations: as openai-whisper (sequential mode): each
+            segment gets ``"words"`` (``word, start, end, probability``) from the decoder's cross-attention
+            (:mod:`whisper_at_jax.timing`), and the next window starts after the last word.
         mode: ``"sequential"`` (openai-whisper's algorithm, exact) or ``"batched"`` (independent 30-s windows
             decoded ``batch_size`` at a time over every device; see the module docstring).
         batch_size: windows per batch in batched mode and tag windows per encoder call.
@@ -449,6 +456,10 @@ def transcribe(model: Any, audio: Any, *, verbose: bool | None = None,
         raise TranscribeError(f"mode must be 'sequential' or 'batched', got {mode!r}")
     if mode == "batched" and clip_timestamps not in ("0", [0], (0,), [0.0], (0.0,)):
         raise TranscribeError("clip_timestamps is only supported in sequential mode")
+    if mode == "batched" and word_timestamps:
+        raise TranscribeError("word_timestamps is only supported in sequential mode")
+    if word_timestamps and decode_options.get("task") == "translate":
+        warnings.warn("word-level timestamps on translations may not be reliable", stacklevel=2)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise TranscribeError(f"batch_size must be a positive integer, got {batch_size!r}")
     decode_options = dict(decode_options)
@@ -468,8 +479,10 @@ def transcribe(model: Any, audio: Any, *, verbose: bool | None = None,
                   logprob_threshold=logprob_threshold, no_speech_threshold=no_speech_threshold,
                   initial_prompt=initial_prompt, decode_options=decode_options, grid=grid)
     if mode == "sequential":
+        words = (prepend_punctuations, append_punctuations) if word_timestamps else None
         result = _sequential(model, mel, content_frames, condition_on_previous_text=condition_on_previous_text,
-                             carry_initial_prompt=carry_initial_prompt, clip_timestamps=clip_timestamps, **common)
+                             carry_initial_prompt=carry_initial_prompt, clip_timestamps=clip_timestamps,
+                             words=words, **common)
     else:
         result = _batched(model, mel, content_frames, batch_size=batch_size, sharding=(n_dev, sharding), **common)
     if grid is not None:
@@ -501,7 +514,7 @@ def _detect(model: Any, features: Any, verbose: bool | None) -> str:
 
 def _sequential(model: Any, mel: np.ndarray, content_frames: int, *, verbose, temperatures, compression_ratio_threshold,
                 logprob_threshold, no_speech_threshold, condition_on_previous_text, initial_prompt,
-                carry_initial_prompt, clip_timestamps, decode_options, grid) -> dict:
+                carry_initial_prompt, clip_timestamps, decode_options, grid, words) -> dict:
     compiled = _compiled(model)
     params = model.params
     dims = model.dims
@@ -560,6 +573,7 @@ def _sequential(model: Any, mel: np.ndarray, content_frames: int, *, verbose, te
 
     clip_idx = 0
     seek = seek_clips[clip_idx][0]
+    last_speech_timestamp = 0.0
     with _progress(content_frames, "frames", verbose is not False) as pbar:
         while clip_idx < len(seek_clips):
             seek_clip_start, seek_clip_end = seek_clips[clip_idx]
@@ -615,6 +629,17 @@ def _sequential(model: Any, mel: np.ndarray, content_frames: int, *, verbose, te
                 tokens, tokenizer, seek, segment_size, time_offset, time_precision, input_stride, result,
                 keep_tail=False)
             seek += advance
+            if words is not None:
+                add_word_timestamps(current_segments, model, tokenizer, features, segment_size,
+                                    last_speech_timestamp=last_speech_timestamp, prepend_punctuations=words[0],
+                                    append_punctuations=words[1])
+                if [t >= tokenizer.timestamp_begin for t in tokens[-2:]] != [False, True]:
+                    last_word_end = get_end(current_segments)
+                    if last_word_end is not None and last_word_end > time_offset:
+                        seek = round(last_word_end * FRAMES_PER_SECOND)
+                last_word_end = get_end(current_segments)
+                if last_word_end is not None:
+                    last_speech_timestamp = last_word_end
             if verbose:
                 _print_segments(current_segments)
             _finish_window(current_segments, all_segments, all_tokens)

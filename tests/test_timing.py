@@ -1,0 +1,111 @@
+"""Word-level timestamps against openai-whisper 20250625 (``whisper.timing`` pieces and ``transcribe(...,
+word_timestamps=True)``) on a PyTorch model holding the same tiny.en weights and alignment heads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from whisper_at_jax import timing
+from whisper_at_jax.transcribe import TranscribeError
+
+# A word's probability is the mean of its tokens' softmax probabilities over fp32 logits from different kernels
+# (XLA vs PyTorch, logits ~1e-5 apart): measured |diff| <= 3.1e-5 on tiny.en; a different token or word would move
+# it by far more, and words and tokens are compared exactly.
+PROB_TOL = 1e-4
+# Word times are DTW path positions in 0.02-s frames over cross-attention weights that differ by rounding; equal
+# on every input measured (speech, a 61-s three-window file, base), so this allows no frame of drift.
+TIME_TOL = 1e-9
+
+
+@pytest.fixture(scope="module")
+def torch_tiny(tiny_en):
+    return tiny_en.to_openai_whisper()
+
+
+def test_alignment_heads_are_openai_whispers(tiny_en):
+    import base64
+    import gzip
+
+    import whisper
+
+    ref = np.frombuffer(gzip.decompress(base64.b85decode(whisper._ALIGNMENT_HEADS["tiny.en"])), bool)
+    np.testing.assert_array_equal(timing.alignment_heads(tiny_en), ref.reshape(4, 6))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (12, 40), (40, 12), (57, 300)])
+def test_dtw_equals_openai_whisper(shape):
+    from whisper.timing import dtw_cpu
+
+    rng = np.random.default_rng(shape[0] * 1000 + shape[1])
+    for x in (rng.standard_normal(shape), np.round(rng.standard_normal(shape), 1)):  # the second with ties
+        ref = dtw_cpu(x.astype(np.float64).copy())
+        ours = timing.dtw(x)
+        np.testing.assert_array_equal(ours[0], ref[0])
+        np.testing.assert_array_equal(ours[1], ref[1])
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 7, 150])
+def test_median_filter_equals_openai_whisper(n):
+    from whisper.timing import median_filter
+
+    x = np.random.default_rng(n).standard_normal((3, 5, n)).astype(np.float32)
+    np.testing.assert_array_equal(timing.median_filter(x, 7), median_filter(torch.from_numpy(x), 7).numpy())
+
+
+def test_merge_punctuations_equals_openai_whisper():
+    from whisper.timing import WordTiming as RefTiming
+    from whisper.timing import merge_punctuations
+
+    words = [" (", "Hello", ",", " world", ".", " \"", "Yes", "\"", "!", " ¿", "No", "?"]
+    ours = [timing.WordTiming(w, [i], i, i + 1, 0.5) for i, w in enumerate(words)]
+    ref = [RefTiming(w, [i], i, i + 1, 0.5) for i, w in enumerate(words)]
+    timing.merge_punctuations(ours, timing.PREPEND_PUNCTUATIONS, timing.APPEND_PUNCTUATIONS)
+    merge_punctuations(ref, timing.PREPEND_PUNCTUATIONS, timing.APPEND_PUNCTUATIONS)
+    assert [(w.word, w.tokens) for w in ours] == [(w.word, w.tokens) for w in ref]
+
+
+def _assert_same_words(ref: dict, ours: dict) -> None:
+    assert ours["text"] == ref["text"]
+    assert len(ours["segments"]) == len(ref["segments"])
+    for a, b in zip(ref["segments"], ours["segments"]):
+        assert (b["seek"], b["tokens"]) == (a["seek"], a["tokens"])
+        assert abs(b["start"] - a["start"]) <= TIME_TOL and abs(b["end"] - a["end"]) <= TIME_TOL, (a, b)
+        assert [w["word"] for w in b["words"]] == [w["word"] for w in a["words"]]
+        for wa, wb in zip(a["words"], b["words"]):
+            assert abs(wb["start"] - wa["start"]) <= TIME_TOL and abs(wb["end"] - wa["end"]) <= TIME_TOL, (wa, wb)
+            assert abs(wb["probability"] - wa["probability"]) <= PROB_TOL, (wa, wb)
+
+
+def test_word_timestamps_equal_openai_whisper(tiny_en, torch_tiny, speech):
+    import whisper
+
+    ref = whisper.transcribe(torch_tiny, torch.from_numpy(speech), word_timestamps=True, temperature=0.0,
+                             fp16=False, verbose=None)
+    ours = tiny_en.transcribe(speech, word_timestamps=True, temperature=0.0)
+    assert sum(len(s["words"]) for s in ours["segments"]) > 30
+    _assert_same_words(ref, ours)
+
+
+def test_word_timestamps_move_the_next_window(tiny_en, torch_tiny, speech):
+    """Three windows: with word timestamps a window ends after its last word, which moves where the next one
+    starts (openai-whisper's seek rule); every window's seek, segments and words equal openai-whisper's."""
+    import whisper
+
+    rng = np.random.default_rng(0)
+    gap = lambda s: (0.003 * rng.standard_normal(int(s * 16000))).astype(np.float32)  # noqa: E731
+    audio = np.concatenate([speech, gap(1.3), speech[::-1], gap(0.7), speech[: len(speech) // 2], gap(2.1), speech])
+    ref = whisper.transcribe(torch_tiny, torch.from_numpy(audio), word_timestamps=True, temperature=0.0,
+                             fp16=False, verbose=None)
+    ours = tiny_en.transcribe(audio, word_timestamps=True, temperature=0.0)
+    plain = tiny_en.transcribe(audio, temperature=0.0)
+    assert len({s["seek"] for s in ours["segments"]}) >= 2
+    assert [s["seek"] for s in ours["segments"]] != [s["seek"] for s in plain["segments"]]
+    _assert_same_words(ref, ours)
+
+
+def test_word_timestamps_options(tiny_en, speech):
+    with pytest.raises(TranscribeError, match="word_timestamps is only supported in sequential mode"):
+        tiny_en.transcribe(speech, word_timestamps=True, mode="batched")
+    assert "words" not in tiny_en.transcribe(speech[:16000 * 3], temperature=0.0)["segments"][0]

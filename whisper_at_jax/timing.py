@@ -1,0 +1,249 @@
+"""Word-level timestamps, openai-whisper's method: the decoder's cross-attention aligns each text token to audio.
+
+For a window's text tokens, one forced decoder pass gives the cross-attention logits of the model's alignment heads
+(from the checkpoint's metadata; else every head of the upper half of the decoder, openai-whisper's default). Their
+softmax over the window's frames, standardised over tokens and median-filtered along time, averaged over heads, is
+aligned to time by dynamic time warping; a word starts at the frame where the path enters its first token.
+``add_word_timestamps`` then applies openai-whisper's heuristics (punctuation merged into words, over-long words at
+sentence and segment boundaries truncated, segment bounds moved to the words') so the words equal its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import weakref
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .audio import HOP_LENGTH, SAMPLE_RATE
+
+#: Encoder frames per second (0.02 s each).
+TOKENS_PER_SECOND = 50
+PREPEND_PUNCTUATIONS = "\"'“¿([{-"
+APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
+_TOKEN_BUCKET = 32  # forced passes padded to a multiple of this many tokens: one compile per bucket
+
+
+@dataclasses.dataclass
+class WordTiming:
+    word: str
+    tokens: list[int]
+    start: float
+    end: float
+    probability: float
+
+
+def alignment_heads(model: Any) -> np.ndarray:
+    """[n_text_layer, n_text_head] bool mask of the heads whose cross-attention follows the speech."""
+    layers, heads = model.dims.n_text_layer, model.dims.n_text_head
+    mask = np.zeros((layers, heads), bool)
+    pairs = (model.whisper_meta or {}).get("alignment_heads")
+    if pairs:
+        for layer, head in pairs:
+            mask[int(layer), int(head)] = True
+    else:
+        mask[layers // 2:] = True
+    return mask
+
+
+def median_filter(x: np.ndarray, width: int) -> np.ndarray:
+    """Median over a sliding window of odd ``width`` along the last axis, edges reflected."""
+    pad = width // 2
+    if x.shape[-1] <= pad:
+        return x
+    padded = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, pad)], mode="reflect")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, width, axis=-1)
+    return np.sort(windows, axis=-1)[..., pad]
+
+
+def dtw(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Monotonic alignment of ``cost`` [N, M] (lowest total cost, steps down / right / diagonal) ->
+    (row indices, column indices) of the path from (0, 0) to (N-1, M-1).
+
+    Ties break as openai-whisper's ``dtw_cpu``: diagonal only when strictly cheapest, then down, then right. The
+    accumulated costs are filled one anti-diagonal at a time (each cell needs only the two before it)."""
+    n, m = cost.shape
+    acc = np.full((n + 1, m + 1), np.inf, np.float32)
+    acc[0, 0] = 0
+    trace = np.full((n + 1, m + 1), -1, np.int8)
+    x = cost.astype(np.float32)
+    for d in range(2, n + m + 1):
+        i = np.arange(max(1, d - m), min(n, d - 1) + 1)
+        j = d - i
+        c0, c1, c2 = acc[i - 1, j - 1], acc[i - 1, j], acc[i, j - 1]
+        diag = (c0 < c1) & (c0 < c2)
+        down = ~diag & (c1 < c0) & (c1 < c2)
+        step = np.where(diag, 0, np.where(down, 1, 2))
+        acc[i, j] = x[i - 1, j - 1] + np.where(diag, c0, np.where(down, c1, c2))
+        trace[i, j] = step
+    trace[0, :] = 2
+    trace[:, 0] = 1
+    i, j = n, m
+    path = []
+    while i > 0 or j > 0:
+        path.append((i - 1, j - 1))
+        t = trace[i, j]
+        if t == 0:
+            i, j = i - 1, j - 1
+        elif t == 1:
+            i -= 1
+        else:
+            j -= 1
+    rows, cols = np.asarray(path[::-1]).T
+    return rows, cols
+
+
+_FORCED: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def _forced_pass(model: Any):
+    fn = _FORCED.get(model)
+    if fn is None:
+        module = model.module
+
+        def run(params, tokens, features, heads_layer, heads_head):
+            logits, qk = module.apply({"params": params}, tokens, features, method="decode_cross_logits")
+            return logits[0], qk[heads_layer, 0, heads_head]  # [T, V], [n_heads, T, S]
+
+        fn = jax.jit(run)
+        _FORCED[model] = fn
+    return fn
+
+
+def find_alignment(model: Any, tokenizer: Any, text_tokens: list[int], features: Any, num_frames: int, *,
+                   medfilt_width: int = 7, qk_scale: float = 1.0) -> list[WordTiming]:
+    """Each word of ``text_tokens`` with its start and end (seconds from the window's start) and its mean token
+    probability. ``features``: the window's encoder states [1, S, d]; ``num_frames``: its mel frames of content."""
+    if len(text_tokens) == 0:
+        return []
+    sot = list(tokenizer.sot_sequence)
+    tokens = [*sot, tokenizer.no_timestamps, *text_tokens, tokenizer.eot]
+    n = len(tokens)
+    if n > model.dims.n_text_ctx:
+        raise ValueError(f"{len(text_tokens)} text tokens do not fit the decoder's {model.dims.n_text_ctx} positions")
+    # causal attention: the padding after the real tokens changes nothing before it
+    padded = min(-(-n // _TOKEN_BUCKET) * _TOKEN_BUCKET, model.dims.n_text_ctx)
+    ids = np.full((1, padded), tokenizer.eot, np.int32)
+    ids[0, :n] = tokens
+    layer_idx, head_idx = np.nonzero(alignment_heads(model))
+    logits, qk = _forced_pass(model)(model.params, jnp.asarray(ids), features, jnp.asarray(layer_idx),
+                                     jnp.asarray(head_idx))
+    logits = np.asarray(logits[:n], np.float64)
+    sampled = logits[len(sot):, :tokenizer.eot]
+    sampled = np.exp(sampled - sampled.max(-1, keepdims=True))
+    probs = sampled / sampled.sum(-1, keepdims=True)
+    text_token_probs = probs[np.arange(len(text_tokens)), text_tokens]
+
+    weights = np.asarray(qk[:, :n, :num_frames // 2], np.float32) * np.float32(qk_scale)
+    weights = np.exp(weights - weights.max(-1, keepdims=True))
+    weights = weights / weights.sum(-1, keepdims=True)
+    weights = (weights - weights.mean(-2, keepdims=True)) / weights.std(-2, keepdims=True)
+    weights = median_filter(weights, medfilt_width)
+    matrix = weights.mean(axis=0)[len(sot):-1]
+    text_indices, time_indices = dtw(-matrix)
+
+    words, word_tokens = tokenizer.split_to_word_tokens(text_tokens + [tokenizer.eot])
+    if len(word_tokens) <= 1:
+        return []
+    boundaries = np.pad(np.cumsum([len(t) for t in word_tokens[:-1]]), (1, 0))
+    jumps = np.pad(np.diff(text_indices), (1, 0), constant_values=1).astype(bool)
+    jump_times = time_indices[jumps] / TOKENS_PER_SECOND
+    starts, ends = jump_times[boundaries[:-1]], jump_times[boundaries[1:]]
+    return [WordTiming(word, toks, float(start), float(end), float(np.mean(text_token_probs[i:j])))
+            for word, toks, start, end, i, j in zip(words, word_tokens, starts, ends, boundaries[:-1], boundaries[1:])]
+
+
+def merge_punctuations(alignment: list[WordTiming], prepended: str, appended: str) -> None:
+    """Fold punctuation "words" into their neighbours (in place): opening marks into the next word, closing marks
+    into the previous one; the emptied entries keep their place with no text and no tokens."""
+    i, j = len(alignment) - 2, len(alignment) - 1
+    while i >= 0:
+        previous, following = alignment[i], alignment[j]
+        if previous.word.startswith(" ") and previous.word.strip() in prepended:
+            following.word = previous.word + following.word
+            following.tokens = previous.tokens + following.tokens
+            previous.word, previous.tokens = "", []
+        else:
+            j = i
+        i -= 1
+    i, j = 0, 1
+    while j < len(alignment):
+        previous, following = alignment[i], alignment[j]
+        if not previous.word.endswith(" ") and following.word in appended:
+            previous.word = previous.word + following.word
+            previous.tokens = previous.tokens + following.tokens
+            following.word, following.tokens = "", []
+        else:
+            i = j
+        j += 1
+
+
+def add_word_timestamps(segments: list[dict], model: Any, tokenizer: Any, features: Any, num_frames: int, *,
+                        last_speech_timestamp: float, prepend_punctuations: str = PREPEND_PUNCTUATIONS,
+                        append_punctuations: str = APPEND_PUNCTUATIONS) -> None:
+    """Give each of one window's ``segments`` its ``"words"`` (``word, start, end, probability``; absolute
+    seconds), adjusting the segments' start and end to them, as openai-whisper does (in place)."""
+    if len(segments) == 0:
+        return
+    per_segment = [[t for t in s["tokens"] if t < tokenizer.eot] for s in segments]
+    alignment = find_alignment(model, tokenizer, list(itertools.chain.from_iterable(per_segment)), features,
+                               num_frames)
+    durations = np.array([t.end - t.start for t in alignment])
+    durations = durations[durations.nonzero()]
+    median_duration = min(0.7, float(np.median(durations)) if len(durations) > 0 else 0.0)
+    max_duration = median_duration * 2
+
+    # words at sentence boundaries: at most twice the median word duration
+    if len(durations) > 0:
+        sentence_end_marks = ".。!！?？"
+        for i in range(1, len(alignment)):
+            if alignment[i].end - alignment[i].start > max_duration:
+                if alignment[i].word in sentence_end_marks:
+                    alignment[i].end = alignment[i].start + max_duration
+                elif alignment[i - 1].word in sentence_end_marks:
+                    alignment[i].start = alignment[i].end - max_duration
+
+    merge_punctuations(alignment, prepend_punctuations, append_punctuations)
+
+    time_offset = segments[0]["seek"] * HOP_LENGTH / SAMPLE_RATE
+    word_index = 0
+    for segment, text_tokens in zip(segments, per_segment):
+        saved_tokens = 0
+        words = []
+        while word_index < len(alignment) and saved_tokens < len(text_tokens):
+            timing = alignment[word_index]
+            if timing.word:
+                words.append({"word": timing.word, "start": round(time_offset + timing.start, 2),
+                              "end": round(time_offset + timing.end, 2), "probability": timing.probability})
+            saved_tokens += len(timing.tokens)
+            word_index += 1
+        if words:
+            # the first (and second) word after a pause: at most twice the median duration
+            first_long = words[0]["end"] - words[0]["start"] > max_duration
+            pair_long = len(words) > 1 and words[1]["end"] - words[0]["start"] > max_duration * 2
+            if words[0]["end"] - last_speech_timestamp > median_duration * 4 and (first_long or pair_long):
+                if len(words) > 1 and words[1]["end"] - words[1]["start"] > max_duration:
+                    boundary = max(words[1]["end"] / 2, words[1]["end"] - max_duration)
+                    words[0]["end"] = words[1]["start"] = boundary
+                words[0]["start"] = max(0, words[0]["end"] - max_duration)
+            # the segment's own start / end win over a first / last word that is too long
+            if segment["start"] < words[0]["end"] and segment["start"] - 0.5 > words[0]["start"]:
+                words[0]["start"] = max(0, min(words[0]["end"] - median_duration, segment["start"]))
+            else:
+                segment["start"] = words[0]["start"]
+            if segment["end"] > words[-1]["start"] and segment["end"] + 0.5 < words[-1]["end"]:
+                words[-1]["end"] = max(words[-1]["start"] + median_duration, segment["end"])
+            else:
+                segment["end"] = words[-1]["end"]
+            last_speech_timestamp = segment["end"]
+        segment["words"] = words
+
+
+def get_end(segments: list[dict]) -> float | None:
+    """End of the last word of ``segments``, else the last segment's end (None without segments)."""
+    return next((w["end"] for s in reversed(segments) for w in reversed(s.get("words", []))),
+                segments[-1]["end"] if segments else None)
