@@ -37,6 +37,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--mode", default="sequential", choices=["sequential", "batched"])
     ap.add_argument("--word-timestamps", action="store_true",
                     help="word-level timestamps (sequential mode; in the json output's segments)")
+    ap.add_argument("--hallucination-silence-threshold", type=float, default=None,
+                    help="with --word-timestamps: skip silences longer than this (s) around likely hallucinations")
     ap.add_argument("--batch-size", type=int, default=8, help="windows per batch (batched mode, tagging)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
     ap.add_argument("--output-dir", "-o", default=".", help="where output files go")
@@ -175,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 result = transcribe(model, path, temperature=temperatures, mode=args.mode,
                                     batch_size=args.batch_size, at_time_res=at_time_res,
-                                    word_timestamps=args.word_timestamps, **decode_options)
+                                    word_timestamps=args.word_timestamps,
+                                    hallucination_silence_threshold=args.hallucination_silence_threshold,
+                                    **decode_options)
             writer(result, path, writer_options)
         except (AudioError, TranscribeError, ValueError, OSError) as e:
             failures += 1

@@ -105,7 +105,26 @@ def test_word_timestamps_move_the_next_window(tiny_en, torch_tiny, speech):
     _assert_same_words(ref, ours)
 
 
+def test_hallucination_silence_threshold_equals_openai_whisper(tiny_en, torch_tiny, speech):
+    """Speech, 12 s of faint noise, half the speech, 20 s of noise, speech: with a 2-s threshold openai-whisper skips
+    silences around what it judges hallucinated and drops segments (here a different transcript from the one
+    without the threshold); ours gives the same seeks, segments and words."""
+    import whisper
+
+    rng = np.random.default_rng(0)
+    noise = lambda s: (0.01 * rng.standard_normal(int(s * 16000))).astype(np.float32)  # noqa: E731
+    audio = np.concatenate([speech, noise(12), speech[: len(speech) // 2], noise(20), speech])
+    ref = whisper.transcribe(torch_tiny, torch.from_numpy(audio), word_timestamps=True, temperature=0.0,
+                             hallucination_silence_threshold=2.0, fp16=False, verbose=None)
+    ours = tiny_en.transcribe(audio, word_timestamps=True, temperature=0.0, hallucination_silence_threshold=2.0)
+    without = tiny_en.transcribe(audio, word_timestamps=True, temperature=0.0)
+    assert [s["seek"] for s in ours["segments"]] != [s["seek"] for s in without["segments"]]
+    _assert_same_words(ref, ours)
+
+
 def test_word_timestamps_options(tiny_en, speech):
     with pytest.raises(TranscribeError, match="word_timestamps is only supported in sequential mode"):
         tiny_en.transcribe(speech, word_timestamps=True, mode="batched")
+    with pytest.raises(TranscribeError, match="hallucination_silence_threshold needs word_timestamps"):
+        tiny_en.transcribe(speech, hallucination_silence_threshold=2.0)
     assert "words" not in tiny_en.transcribe(speech[:16000 * 3], temperature=0.0)["segments"][0]

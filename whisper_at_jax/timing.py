@@ -247,3 +247,78 @@ def get_end(segments: list[dict]) -> float | None:
     """End of the last word of ``segments``, else the last segment's end (None without segments)."""
     return next((w["end"] for s in reversed(segments) for w in reversed(s.get("words", []))),
                 segments[-1]["end"] if segments else None)
+
+
+_PUNCTUATION = "\"'“¿([{-\"'.。,，!！?？:：”)]}、"
+
+
+def _word_anomaly_score(word: dict) -> float:
+    # very improbable, very short or very long words are typical of hallucinated text
+    duration = word["end"] - word["start"]
+    score = 1.0 if word.get("probability", 0.0) < 0.15 else 0.0
+    if duration < 0.133:
+        score += (0.133 - duration) * 15
+    if duration > 2.0:
+        score += duration - 2.0
+    return score
+
+
+def _is_segment_anomaly(segment: dict | None) -> bool:
+    if segment is None or not segment["words"]:
+        return False
+    words = [w for w in segment["words"] if w["word"] not in _PUNCTUATION][:8]
+    score = sum(_word_anomaly_score(w) for w in words)
+    return score >= 3 or score + 0.01 >= len(words)
+
+
+def _next_words_segment(segments: list[dict]) -> dict | None:
+    return next((s for s in segments if s["words"]), None)
+
+
+def skip_hallucinations(segments: list[dict], *, threshold: float, seek: int, previous_seek: int,
+                        segment_frames: int, single_timestamp_ending: bool, last_speech_timestamp: float,
+                        content_frames: int) -> tuple[int, bool]:
+    """openai-whisper's ``hallucination_silence_threshold`` for one window whose ``segments`` have words:
+    silences longer than ``threshold`` seconds next to likely hallucinations (segments of anomalous words) are
+    skipped. Drops such segments from ``segments`` (in place) and returns (the next seek, whether the whole window
+    is to be dropped because its first segment is a hallucination after a long silence)."""
+    time_offset = previous_seek * HOP_LENGTH / SAMPLE_RATE
+    window_end_time = (previous_seek + 3000) * HOP_LENGTH / SAMPLE_RATE
+    segment_duration = segment_frames * HOP_LENGTH / SAMPLE_RATE
+    content_duration = content_frames * HOP_LENGTH / SAMPLE_RATE
+    frames_per_second = SAMPLE_RATE // HOP_LENGTH
+    if not single_timestamp_ending:
+        last_word_end = get_end(segments)
+        if last_word_end is not None and last_word_end > time_offset:
+            if window_end_time - last_word_end > threshold:
+                seek = round(last_word_end * frames_per_second)
+            else:
+                seek = previous_seek + segment_frames
+
+    # a hallucination first, after a long silence: skip the silence and decode again from there
+    first = _next_words_segment(segments)
+    if first is not None and _is_segment_anomaly(first):
+        gap = first["start"] - time_offset
+        if gap > threshold:
+            return previous_seek + round(gap * frames_per_second), True
+
+    # a hallucination surrounded by silence or more hallucinations: drop it and what follows, seek to it
+    last_end = last_speech_timestamp
+    for i, segment in enumerate(segments):
+        if not segment["words"]:
+            continue
+        if _is_segment_anomaly(segment):
+            following = _next_words_segment(segments[i + 1:])
+            next_start = following["words"][0]["start"] if following is not None else time_offset + segment_duration
+            silence_before = (segment["start"] - last_end > threshold or segment["start"] < threshold
+                              or segment["start"] - time_offset < 2.0)
+            silence_after = (next_start - segment["end"] > threshold or _is_segment_anomaly(following)
+                             or window_end_time - segment["end"] < 2.0)
+            if silence_before and silence_after:
+                seek = round(max(time_offset + 1, segment["start"]) * frames_per_second)
+                if content_duration - segment["end"] < threshold:
+                    seek = content_frames
+                del segments[i:]
+                break
+        last_end = segment["end"]
+    return seek, False

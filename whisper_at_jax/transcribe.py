@@ -53,7 +53,7 @@ import sys
 import warnings
 import weakref
 from dataclasses import fields
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -62,7 +62,7 @@ import numpy as np
 from .audio import (FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, load_audio,
                     log_mel_spectrogram)
 from .decoding import DecodingOptions, DecodingResult, decode, detect_language
-from .timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS, add_word_timestamps, get_end
+from .timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS, add_word_timestamps, get_end, skip_hallucinations
 
 #: Encoder frames per pooled step (Whisper-AT's 0.4 s).
 FRAMES_PER_POOL = 20
@@ -72,7 +72,13 @@ FRAMES_PER_STEP = 40
 _DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 _DECODE_FIELDS = {f.name for f in fields(DecodingOptions)}
 # openai-whisper transcribe() arguments we do not implement: refused when switched on, ignored when off
-_UNSUPPORTED = ("hallucination_silence_threshold", "highlight_words")
+_UNSUPPORTED = ("highlight_words",)
+
+
+class _WordOptions(NamedTuple):
+    prepend_punctuations: str
+    append_punctuations: str
+    hallucination_silence_threshold: float | None
 
 
 class TranscribeError(ValueError):
@@ -418,8 +424,8 @@ def transcribe(model: Any, audio: Any, *, verbose: bool | None = None,
                initial_prompt: str | None = None, carry_initial_prompt: bool = False,
                clip_timestamps: str | Sequence[float] = "0", word_timestamps: bool = False,
                prepend_punctuations: str = PREPEND_PUNCTUATIONS, append_punctuations: str = APPEND_PUNCTUATIONS,
-               mode: str = "sequential", batch_size: int = 8, at_time_res: float | None = None,
-               **decode_options: Any) -> dict:
+               hallucination_silence_threshold: float | None = None, mode: str = "sequential", batch_size: int = 8,
+               at_time_res: float | None = None, **decode_options: Any) -> dict:
     """Transcribe an audio file or 16-kHz waveform, as openai-whisper's ``transcribe`` (and whisper-at's).
 
     Args:
@@ -433,6 +439,9 @@ def transcribe(model: Any, audio: Any, *, verbose: bool | None = None,
         word_timestamps, prepend_punctuations, append_punctuations: as openai-whisper (sequential mode): each
             segment gets ``"words"`` (``word, start, end, probability``) from the decoder's cross-attention
             (:mod:`whisper_at_jax.timing`), and the next window starts after the last word.
+        hallucination_silence_threshold: with ``word_timestamps``, as openai-whisper: silences longer than this
+            many seconds around likely hallucinations (runs of improbable, very short or very long words) are
+            skipped and the hallucinated segments dropped.
         mode: ``"sequential"`` (openai-whisper's algorithm, exact) or ``"batched"`` (independent 30-s windows
             decoded ``batch_size`` at a time over every device; see the module docstring).
         batch_size: windows per batch in batched mode and tag windows per encoder call.
@@ -458,6 +467,8 @@ def transcribe(model: Any, audio: Any, *, verbose: bool | None = None,
         raise TranscribeError("clip_timestamps is only supported in sequential mode")
     if mode == "batched" and word_timestamps:
         raise TranscribeError("word_timestamps is only supported in sequential mode")
+    if hallucination_silence_threshold is not None and not word_timestamps:
+        raise TranscribeError("hallucination_silence_threshold needs word_timestamps=True")
     if word_timestamps and decode_options.get("task") == "translate":
         warnings.warn("word-level timestamps on translations may not be reliable", stacklevel=2)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -479,7 +490,8 @@ def transcribe(model: Any, audio: Any, *, verbose: bool | None = None,
                   logprob_threshold=logprob_threshold, no_speech_threshold=no_speech_threshold,
                   initial_prompt=initial_prompt, decode_options=decode_options, grid=grid)
     if mode == "sequential":
-        words = (prepend_punctuations, append_punctuations) if word_timestamps else None
+        words = (_WordOptions(prepend_punctuations, append_punctuations, hallucination_silence_threshold)
+                 if word_timestamps else None)
         result = _sequential(model, mel, content_frames, condition_on_previous_text=condition_on_previous_text,
                              carry_initial_prompt=carry_initial_prompt, clip_timestamps=clip_timestamps,
                              words=words, **common)
@@ -631,12 +643,22 @@ def _sequential(model: Any, mel: np.ndarray, content_frames: int, *, verbose, te
             seek += advance
             if words is not None:
                 add_word_timestamps(current_segments, model, tokenizer, features, segment_size,
-                                    last_speech_timestamp=last_speech_timestamp, prepend_punctuations=words[0],
-                                    append_punctuations=words[1])
-                if [t >= tokenizer.timestamp_begin for t in tokens[-2:]] != [False, True]:
+                                    last_speech_timestamp=last_speech_timestamp,
+                                    prepend_punctuations=words.prepend_punctuations,
+                                    append_punctuations=words.append_punctuations)
+                single_timestamp_ending = [t >= tokenizer.timestamp_begin for t in tokens[-2:]] == [False, True]
+                if not single_timestamp_ending:
                     last_word_end = get_end(current_segments)
                     if last_word_end is not None and last_word_end > time_offset:
                         seek = round(last_word_end * FRAMES_PER_SECOND)
+                if words.hallucination_silence_threshold is not None:
+                    seek, drop_window = skip_hallucinations(
+                        current_segments, threshold=words.hallucination_silence_threshold, seek=seek, previous_seek=previous_seek,
+                        segment_frames=segment_size, single_timestamp_ending=single_timestamp_ending,
+                        last_speech_timestamp=last_speech_timestamp, content_frames=content_frames)
+                    if drop_window:
+                        pbar.update(min(content_frames, seek) - previous_seek)
+                        continue
                 last_word_end = get_end(current_segments)
                 if last_word_end is not None:
                     last_speech_timestamp = last_word_end
