@@ -39,6 +39,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="word-level timestamps (sequential mode; in the json output's segments)")
     ap.add_argument("--hallucination-silence-threshold", type=float, default=None,
                     help="with --word-timestamps: skip silences longer than this (s) around likely hallucinations")
+    ap.add_argument("--highlight-words", action="store_true",
+                    help="with --word-timestamps: srt/vtt cues underline each word as it is spoken")
+    ap.add_argument("--max-line-width", type=int, default=None,
+                    help="with --word-timestamps: characters per subtitle line")
+    ap.add_argument("--max-line-count", type=int, default=None,
+                    help="with --word-timestamps and --max-line-width: lines per subtitle cue")
+    ap.add_argument("--max-words-per-line", type=int, default=None,
+                    help="with --word-timestamps: words per subtitle line (no effect with --max-line-width)")
     ap.add_argument("--batch-size", type=int, default=8, help="windows per batch (batched mode, tagging)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
     ap.add_argument("--output-dir", "-o", default=".", help="where output files go")
@@ -61,6 +69,16 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--beam-size must be >= 1")
     if args.tags_only and args.no_tags:
         ap.error("--tags-only and --no-tags exclude each other")
+    if not args.word_timestamps:
+        for name in ("hallucination_silence_threshold", "highlight_words", "max_line_width", "max_line_count",
+                     "max_words_per_line"):
+            if getattr(args, name):
+                ap.error(f"--{name.replace('_', '-')} needs --word-timestamps")
+    elif args.mode == "batched":
+        ap.error("--word-timestamps needs --mode sequential")
+    for name in ("max_line_width", "max_line_count", "max_words_per_line"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1")
     return args
 
 
@@ -158,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         decode_options["best_of"] = args.best_of
     temperatures = _temperatures(args.temperature, args.temperature_increment_on_fallback)
     at_time_res = args.at_time_res if want_tags else None
-    writer_options = {"top_k": args.top_k}
+    writer_options = {"top_k": args.top_k, "highlight_words": args.highlight_words,
+                      "max_line_width": args.max_line_width, "max_line_count": args.max_line_count,
+                      "max_words_per_line": args.max_words_per_line}
     if args.threshold is not None:
         import math
 

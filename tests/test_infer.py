@@ -92,3 +92,22 @@ def test_tags_only_and_errors(files, tmp_path):
     assert p.returncode == 2 and "unknown --language" in p.stderr
     p = run_infer(str(files / "missing.wav"), "--output-dir", str(tmp_path / "x"))
     assert p.returncode == 1 and "missing.wav" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_word_timestamps(files, tmp_path):
+    """--word-timestamps: words in the json, subtitle cues from the words (--max-line-width / --max-line-count);
+    combinations that cannot work are refused before the model loads."""
+    out = tmp_path / "words"
+    p = run_infer(str(files / "one.wav"), "--word-timestamps", "--max-line-width", "30", "--max-line-count", "1",
+                  "--no-tags", "-f", "all", "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    data = json.loads((out / "one.json").read_text())
+    words = [w for s in data["segments"] for w in s["words"]]
+    assert len(words) > 30 and all(0 <= w["start"] <= w["end"] <= 14.0 for w in words)
+    cues = (out / "one.srt").read_text().strip().split("\n\n")
+    assert len(cues) > len(data["segments"]) and all(len(c.split("\n")[2]) <= 30 for c in cues)
+    for bad, message in ((["--highlight-words"], "--highlight-words needs --word-timestamps"),
+                         (["--word-timestamps", "--mode", "batched"], "--word-timestamps needs --mode sequential"),
+                         (["--word-timestamps", "--max-line-width", "0"], "--max-line-width must be >= 1")):
+        p = run_infer(str(files / "one.wav"), *bad)
+        assert p.returncode == 2 and message in p.stderr and "loaded in" not in p.stderr, (bad, p.stderr)

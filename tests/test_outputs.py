@@ -41,6 +41,35 @@ def test_same_files_as_openai_whisper(result, fmt, tmp_path):
         assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
 
 
+@pytest.fixture(scope="module")
+def word_result(tiny_en, speech):
+    """A transcript with word timestamps over two windows (the speech, a pause, the speech again)."""
+    audio = np.concatenate([speech, np.zeros(16000 * 2, np.float32), speech, speech])
+    return tiny_en.transcribe(audio, word_timestamps=True, temperature=0.0)
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"highlight_words": True}, {"max_line_width": 24, "max_line_count": 2}, {"max_line_width": 24},
+    {"max_words_per_line": 3}, {"max_line_width": 30, "max_line_count": 1, "highlight_words": True}])
+def test_word_subtitles_same_as_openai_whisper(word_result, options, tmp_path):
+    """With word timestamps, srt/vtt cues are built from the words (line width / count, words per line,
+    highlighting), byte-equal to openai-whisper's writers on the same result and options."""
+    from whisper.utils import get_writer as openai_writer
+
+    from whisper_at_jax.outputs import get_writer
+
+    assert len({s["seek"] for s in word_result["segments"]}) >= 2
+    for fmt in ("srt", "vtt"):
+        (tmp_path / fmt / "ref").mkdir(parents=True)
+        (tmp_path / fmt / "ours").mkdir()
+        openai_writer(fmt, str(tmp_path / fmt / "ref"))(word_result, "talk.flac", dict(options))
+        get_writer(fmt, str(tmp_path / fmt / "ours"))(word_result, "talk.flac", dict(options))
+        ref = (tmp_path / fmt / "ref" / f"talk.{fmt}").read_text()
+        assert (tmp_path / fmt / "ours" / f"talk.{fmt}").read_text() == ref
+        if options.get("highlight_words"):
+            assert "<u>" in ref
+
+
 def _tagged(result: dict) -> dict:
     """The transcript with a tag matrix: 10-s rows; logits chosen so row 0 has Dog (and Speech), row 1 only
     speech, row 2 Music, row 3 (past the speech) Music and Bird."""

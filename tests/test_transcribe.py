@@ -220,8 +220,6 @@ def test_bad_options(tiny_en, speech):
         transcribe(tiny_en, speech, batch_size=0)
     with pytest.raises(TranscribeError, match="unknown"):
         transcribe(tiny_en, speech, beam_width=5)
-    with pytest.raises(TranscribeError, match="highlight_words"):
-        transcribe(tiny_en, speech, highlight_words=True)
     with pytest.raises(TranscribeError, match="head"):  # tags need a head
         transcribe(tiny_en, speech, at_time_res=10)
 

@@ -12,6 +12,9 @@ result):
   already is the speech);
 - ``txt`` and ``tsv`` stay transcript-only, as openai-whisper's.
 
+A result with word timestamps gets openai-whisper's word-based srt / vtt cues (options ``max_line_width``,
+``max_line_count``, ``max_words_per_line``, ``highlight_words``), tags prefixed as above.
+
 Every file is written atomically: a temporary file in the output directory, then ``os.replace``.
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from typing import Any, Callable, Iterator, Optional, Sequence, TextIO
 
@@ -147,10 +151,12 @@ class SubtitlesWriter(ResultWriter):
         """(start, end, text) per cue: speech segments (tags of overlapping rows prefixed) and tag-only cues, in
         time order."""
         options = {**(options or {}), **kwargs}
-        cues = []
-        for segment in result.get("segments", []):
-            text = segment["text"].strip().replace("-->", "->")
-            cues.append([float(segment["start"]), float(segment["end"]), text, True])
+        segments = result.get("segments", [])
+        if segments and "words" in segments[0]:
+            cues = [[s, e, text, True] for s, e, text in self._word_cues(segments, options)]
+        else:
+            cues = [[float(seg["start"]), float(seg["end"]), seg["text"].strip().replace("-->", "->"), True]
+                    for seg in segments]
         spans = caption_tag_spans(result, options)
         if spans:
             for cue in cues:
@@ -168,6 +174,57 @@ class SubtitlesWriter(ResultWriter):
             cues.sort(key=lambda c: (c[0], c[1]))
         for s, e, text, _ in cues:
             yield self.format_timestamp(s), self.format_timestamp(e), text
+
+    def _word_cues(self, segments: list[dict], options: dict) -> Iterator[tuple[float, float, str]]:
+        """openai-whisper's cues for a result with word timestamps: lines of words (``max_line_width``
+        characters, ``max_words_per_line`` words), ``max_line_count`` lines per cue (else one cue per segment), and
+        with ``highlight_words`` one cue per word with that word underlined."""
+        max_line_count = options.get("max_line_count")
+        preserve_segments = max_line_count is None or options.get("max_line_width") is None
+        max_line_width = options.get("max_line_width") or 1000
+        max_words_per_line = options.get("max_words_per_line") or 1000
+
+        def subtitles() -> Iterator[list[dict]]:
+            line_len, line_count = 0, 1
+            subtitle: list[dict] = []
+            last = next((w["start"] for seg in segments for w in seg["words"]), segments[0]["start"])
+            for segment in segments:
+                for chunk in range(0, len(segment["words"]), max_words_per_line):
+                    for i, original in enumerate(segment["words"][chunk:chunk + max_words_per_line]):
+                        timing = dict(original)
+                        long_pause = not preserve_segments and timing["start"] - last > 3.0
+                        has_room = line_len + len(timing["word"]) <= max_line_width
+                        seg_break = i == 0 and len(subtitle) > 0 and preserve_segments
+                        if line_len > 0 and has_room and not long_pause and not seg_break:
+                            line_len += len(timing["word"])
+                        else:
+                            timing["word"] = timing["word"].strip()
+                            if (subtitle and max_line_count is not None and (long_pause or line_count >= max_line_count)
+                                    or seg_break):
+                                yield subtitle
+                                subtitle, line_count = [], 1
+                            elif line_len > 0:
+                                line_count += 1
+                                timing["word"] = "\n" + timing["word"]
+                            line_len = len(timing["word"].strip())
+                        subtitle.append(timing)
+                        last = timing["start"]
+            if subtitle:
+                yield subtitle
+
+        for subtitle in subtitles():
+            text = "".join(w["word"] for w in subtitle)
+            if not options.get("highlight_words"):
+                yield float(subtitle[0]["start"]), float(subtitle[-1]["end"]), text
+                continue
+            last = float(subtitle[0]["start"])
+            for i, word in enumerate(subtitle):
+                start, end = float(word["start"]), float(word["end"])
+                if self.format_timestamp(last) != self.format_timestamp(start):
+                    yield last, start, text
+                yield start, end, "".join(re.sub(r"^(\s*)(.*)$", r"\1<u>\2</u>", w["word"]) if j == i else w["word"]
+                                          for j, w in enumerate(subtitle))
+                last = end
 
 
 class WriteVTT(SubtitlesWriter):

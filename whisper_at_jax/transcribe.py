@@ -71,8 +71,9 @@ FRAMES_PER_STEP = 40
 
 _DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 _DECODE_FIELDS = {f.name for f in fields(DecodingOptions)}
-# openai-whisper transcribe() arguments we do not implement: refused when switched on, ignored when off
-_UNSUPPORTED = ("highlight_words",)
+# openai-whisper CLI options that belong to the subtitle writers (whisper_at_jax.outputs), not to transcribe:
+# accepted and ignored here, as its CLI passes them along with the transcribe options
+_WRITER_OPTIONS = ("highlight_words", "max_line_width", "max_line_count", "max_words_per_line")
 
 
 class _WordOptions(NamedTuple):
@@ -190,10 +191,7 @@ def _require_head(model: Any) -> None:
 
 
 def _check_decode_options(decode_options: dict) -> None:
-    for name in _UNSUPPORTED:
-        if decode_options.pop(name, None):
-            raise TranscribeError(f"{name} is not supported by whisper_at_jax.transcribe")
-    for name in ("max_line_width", "max_line_count", "max_words_per_line"):
+    for name in _WRITER_OPTIONS:
         decode_options.pop(name, None)
     unknown = set(decode_options) - _DECODE_FIELDS
     if unknown:
