@@ -24,14 +24,16 @@ def torch_tiny(tiny_en):
     return tiny_en.to_openai_whisper()
 
 
-def test_alignment_heads_are_openai_whispers(tiny_en):
+def test_alignment_heads_are_openai_whispers(tiny_en, base_model):
+    """The heads read from the checkpoints' metadata (CTranslate2 config.json) equal openai-whisper's table."""
     import base64
     import gzip
 
     import whisper
 
-    ref = np.frombuffer(gzip.decompress(base64.b85decode(whisper._ALIGNMENT_HEADS["tiny.en"])), bool)
-    np.testing.assert_array_equal(timing.alignment_heads(tiny_en), ref.reshape(4, 6))
+    for name, model in (("tiny.en", tiny_en), ("base", base_model)):
+        ref = np.frombuffer(gzip.decompress(base64.b85decode(whisper._ALIGNMENT_HEADS[name])), bool)
+        np.testing.assert_array_equal(timing.alignment_heads(model), ref.reshape(model.dims.n_text_layer, -1))
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (12, 40), (40, 12), (57, 300)])
@@ -85,6 +87,17 @@ def test_word_timestamps_equal_openai_whisper(tiny_en, torch_tiny, speech):
                              fp16=False, verbose=None)
     ours = tiny_en.transcribe(speech, word_timestamps=True, temperature=0.0)
     assert sum(len(s["words"]) for s in ours["segments"]) > 30
+    _assert_same_words(ref, ours)
+
+
+def test_word_timestamps_base_equal_openai_whisper(base_model, speech):
+    """The multilingual base model (its own alignment heads; language detected)."""
+    import whisper
+
+    ref = whisper.transcribe(base_model.to_openai_whisper(), torch.from_numpy(speech), word_timestamps=True,
+                             temperature=0.0, fp16=False, verbose=None)
+    ours = base_model.transcribe(speech, word_timestamps=True, temperature=0.0)
+    assert ours["language"] == ref["language"] == "en"
     _assert_same_words(ref, ours)
 
 
