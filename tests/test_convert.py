@@ -95,8 +95,11 @@ _TO_HF = [(r"\.blocks\.(\d+)\.", r".layers.\1."), (r"\.mlp\.0\.", ".fc1."), (r"\
 
 @pytest.fixture(scope="session")
 def hf_model(ref, state_dict):
-    """transformers' PyTorch Whisper holding the real tiny.en tensors."""
-    return hf_whisper(state_dict, ref.dims)
+    """transformers' PyTorch Whisper holding the real tiny.en tensors and, as released Hugging Face Whisper repos,
+    the word-timing heads in its generation config (saved as generation_config.json)."""
+    model = hf_whisper(state_dict, ref.dims)
+    model.generation_config.alignment_heads = ref.whisper_meta["alignment_heads"]
+    return model
 
 
 def hf_whisper(state_dict: dict[str, np.ndarray], d):
@@ -124,7 +127,7 @@ def hf_whisper(state_dict: dict[str, np.ndarray], d):
 @pytest.fixture(scope="session")
 def hf_dir(hf_model, ref, work) -> Path:
     out = work / "hf"
-    hf_model.save_pretrained(out)  # model.safetensors + config.json (tied proj_out not stored)
+    hf_model.save_pretrained(out)  # model.safetensors + config.json + generation_config.json (tied proj_out not stored)
     shutil.copyfile(ref.tokenizer_file, out / "tokenizer.json")
     return out
 
@@ -318,6 +321,18 @@ def test_hf_round_trip(ref, variant, request):
     assert_params_equal(loaded.params, ref.params)
     # a folder without tokenizer.json (the pytorch_model.bin one here) gets the embedded one of its vocabulary
     assert loaded.tokenizer_file is not None and bool(loaded.tokenizer_note) == (variant != "hf_dir")
+    # generation_config.json's alignment heads (the pytorch_model.bin folder has none: openai-whisper's default)
+    heads = loaded.whisper_meta.get("alignment_heads")
+    assert heads == (None if variant == "hf_bin_dir" else ref.whisper_meta["alignment_heads"])
+
+
+def test_hf_bad_alignment_heads(hf_dir, tmp_path):
+    folder = tmp_path / "hf"
+    shutil.copytree(hf_dir, folder)
+    gen = json.loads((folder / "generation_config.json").read_text())
+    (folder / "generation_config.json").write_text(json.dumps(dict(gen, alignment_heads=[[4, 0]])))
+    with pytest.raises(CheckpointError, match=r"generation_config.json: alignment_heads .* 4 layers x 6 heads"):
+        resolve(folder)
 
 
 def test_read_safetensors_dtypes(work):

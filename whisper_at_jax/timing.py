@@ -1,7 +1,8 @@
 """Word-level timestamps, openai-whisper's method: the decoder's cross-attention aligns each text token to audio.
 
 For a window's text tokens, one forced decoder pass gives the cross-attention logits of the model's alignment heads
-(from the checkpoint's metadata; else every head of the upper half of the decoder, openai-whisper's default). Their
+(from the checkpoint's metadata: CTranslate2's config.json, a Hugging Face generation_config.json, ours; else every
+head of the upper half of the decoder, openai-whisper's default for a checkpoint file). Their
 softmax over the window's frames, standardised over tokens and median-filtered along time, averaged over heads, is
 aligned to time by dynamic time warping; a word starts at the frame where the path enters its first token.
 ``add_word_timestamps`` then applies openai-whisper's heuristics (punctuation merged into words, over-long words at

@@ -162,7 +162,28 @@ def _hf(folder: Path) -> Loaded:
     dims = ModelDimensions.from_dict(dims)
     tok = folder / "tokenizer.json"
     return Loaded(dims, state_dict_to_params(sd, dims, str(folder)), str(tok) if tok.is_file() else None,
-                  f"huggingface:{folder}")
+                  f"huggingface:{folder}", _hf_alignment_heads(folder, dims))
+
+
+def _hf_alignment_heads(folder: Path, dims: ModelDimensions) -> dict:
+    """``{"alignment_heads": [[layer, head], ...]}`` from a Hugging Face ``generation_config.json`` (word timing's
+    heads), else {}."""
+    path = folder / "generation_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        heads = json.loads(path.read_text()).get("alignment_heads")
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not readable JSON ({e})") from e
+    if heads is None:
+        return {}
+    ok = isinstance(heads, list) and all(
+        isinstance(h, (list, tuple)) and len(h) == 2 and all(isinstance(i, int) for i in h)
+        and 0 <= h[0] < dims.n_text_layer and 0 <= h[1] < dims.n_text_head for h in heads)
+    if not ok:
+        raise CheckpointError(f"{path}: alignment_heads must be [layer, head] pairs within the decoder's "
+                              f"{dims.n_text_layer} layers x {dims.n_text_head} heads, got {heads!r}")
+    return {"alignment_heads": [list(h) for h in heads]}
 
 
 def resolve(name_or_path: str | os.PathLike) -> Loaded:
