@@ -36,7 +36,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="fallback step up to 1.0 (use 0 for no fallback)")
     ap.add_argument("--mode", default="sequential", choices=["sequential", "batched"])
     ap.add_argument("--word-timestamps", action="store_true",
-                    help="word-level timestamps (sequential mode; in the json output's segments)")
+                    help="word-level timestamps (in the json output's segments; srt/vtt cues from words)")
     ap.add_argument("--hallucination-silence-threshold", type=float, default=None,
                     help="with --word-timestamps: skip silences longer than this (s) around likely hallucinations")
     ap.add_argument("--highlight-words", action="store_true",
@@ -74,8 +74,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                      "max_words_per_line"):
             if getattr(args, name):
                 ap.error(f"--{name.replace('_', '-')} needs --word-timestamps")
-    elif args.mode == "batched":
-        ap.error("--word-timestamps needs --mode sequential")
+    elif args.mode == "batched" and args.hallucination_silence_threshold is not None:
+        ap.error("--hallucination-silence-threshold needs --mode sequential")
     for name in ("max_line_width", "max_line_count", "max_words_per_line"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")

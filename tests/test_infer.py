@@ -107,7 +107,8 @@ def test_word_timestamps(files, tmp_path):
     cues = (out / "one.srt").read_text().strip().split("\n\n")
     assert len(cues) > len(data["segments"]) and all(len(c.split("\n")[2]) <= 30 for c in cues)
     for bad, message in ((["--highlight-words"], "--highlight-words needs --word-timestamps"),
-                         (["--word-timestamps", "--mode", "batched"], "--word-timestamps needs --mode sequential"),
+                         (["--word-timestamps", "--mode", "batched", "--hallucination-silence-threshold", "2"],
+                          "--hallucination-silence-threshold needs --mode sequential"),
                          (["--word-timestamps", "--max-line-width", "0"], "--max-line-width must be >= 1")):
         p = run_infer(str(files / "one.wav"), *bad)
         assert p.returncode == 2 and message in p.stderr and "loaded in" not in p.stderr, (bad, p.stderr)

@@ -135,9 +135,48 @@ def test_hallucination_silence_threshold_equals_openai_whisper(tiny_en, torch_ti
     _assert_same_words(ref, ours)
 
 
+def test_batched_word_timestamps_equal_openai_whispers_on_each_window(tiny_en, torch_tiny, speech):
+    """Batched mode (windows cut in pauses, decoded together; no seek rule): each window's words equal what
+    openai-whisper's own ``add_word_timestamps`` gives for that window's mel, segments and content length, with the
+    last speech time carried from window to window as its transcribe carries it."""
+    import copy
+
+    import whisper
+    from whisper.timing import add_word_timestamps
+    from whisper.utils import get_end
+
+    from whisper_at_jax.audio import log_mel_spectrogram
+    from whisper_at_jax.transcribe import N_FRAMES, N_SAMPLES, window_bounds
+
+    rng = np.random.default_rng(1)
+    gap = lambda s: (0.003 * rng.standard_normal(int(s * 16000))).astype(np.float32)  # noqa: E731
+    audio = np.concatenate([speech, gap(1.5), speech, gap(0.8), speech, gap(2.0), speech, gap(1.0), speech])
+    plain = tiny_en.transcribe(audio, temperature=0.0, mode="batched", batch_size=4)
+    ours = tiny_en.transcribe(audio, temperature=0.0, mode="batched", batch_size=4, word_timestamps=True)
+    assert [s["tokens"] for s in ours["segments"]] == [s["tokens"] for s in plain["segments"]]
+    assert all(s["text"].strip() for s in plain["segments"])  # nothing cleared: every segment got its words
+
+    mel = np.asarray(log_mel_spectrogram(audio, padding=N_SAMPLES))
+    content = mel.shape[1] - N_FRAMES
+    bounds = window_bounds(mel, content)
+    seeks = sorted({s["seek"] for s in plain["segments"]})
+    assert len(seeks) >= 3 and set(seeks) <= set(bounds)
+    ref_segments, last_speech = [], 0.0
+    for seek in seeks:
+        segs = [copy.deepcopy(s) for s in plain["segments"] if s["seek"] == seek]
+        size = bounds[bounds.index(seek) + 1] - seek
+        window = torch.from_numpy(whisper.pad_or_trim(mel[:, seek:seek + size], N_FRAMES))
+        tokenizer = whisper.tokenizer.get_tokenizer(False, language="en", task="transcribe")
+        add_word_timestamps(segments=segs, model=torch_tiny, tokenizer=tokenizer, mel=window, num_frames=size,
+                            last_speech_timestamp=last_speech)
+        last_speech = get_end(segs)
+        ref_segments += segs
+    _assert_same_words(dict(plain, segments=ref_segments), ours)
+
+
 def test_word_timestamps_options(tiny_en, speech):
-    with pytest.raises(TranscribeError, match="word_timestamps is only supported in sequential mode"):
-        tiny_en.transcribe(speech, word_timestamps=True, mode="batched")
+    with pytest.raises(TranscribeError, match="hallucination_silence_threshold is only supported in sequential"):
+        tiny_en.transcribe(speech, word_timestamps=True, hallucination_silence_threshold=2.0, mode="batched")
     with pytest.raises(TranscribeError, match="hallucination_silence_threshold needs word_timestamps"):
         tiny_en.transcribe(speech, hallucination_silence_threshold=2.0)
     assert "words" not in tiny_en.transcribe(speech[:16000 * 3], temperature=0.0)["segments"][0]

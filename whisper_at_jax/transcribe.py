@@ -434,12 +434,13 @@ def transcribe(model: Any, audio: Any, *, verbose: bool | None = None,
         compression_ratio_threshold, logprob_threshold, no_speech_threshold, condition_on_previous_text,
         initial_prompt, carry_initial_prompt, clip_timestamps: as openai-whisper (``clip_timestamps`` and the
             conditioning only in sequential mode; batched mode gives ``initial_prompt`` to every window).
-        word_timestamps, prepend_punctuations, append_punctuations: as openai-whisper (sequential mode): each
-            segment gets ``"words"`` (``word, start, end, probability``) from the decoder's cross-attention
-            (:mod:`whisper_at_jax.timing`), and the next window starts after the last word.
-        hallucination_silence_threshold: with ``word_timestamps``, as openai-whisper: silences longer than this
-            many seconds around likely hallucinations (runs of improbable, very short or very long words) are
-            skipped and the hallucinated segments dropped.
+        word_timestamps, prepend_punctuations, append_punctuations: as openai-whisper: each segment gets
+            ``"words"`` (``word, start, end, probability``) from the decoder's cross-attention
+            (:mod:`whisper_at_jax.timing`); in sequential mode the next window starts after the last word, in
+            batched mode the windows stay where they are.
+        hallucination_silence_threshold: with ``word_timestamps`` (sequential mode), as openai-whisper: silences
+            longer than this many seconds around likely hallucinations (runs of improbable, very short or very
+            long words) are skipped and the hallucinated segments dropped.
         mode: ``"sequential"`` (openai-whisper's algorithm, exact) or ``"batched"`` (independent 30-s windows
             decoded ``batch_size`` at a time over every device; see the module docstring).
         batch_size: windows per batch in batched mode and tag windows per encoder call.
@@ -463,10 +464,10 @@ def transcribe(model: Any, audio: Any, *, verbose: bool | None = None,
         raise TranscribeError(f"mode must be 'sequential' or 'batched', got {mode!r}")
     if mode == "batched" and clip_timestamps not in ("0", [0], (0,), [0.0], (0.0,)):
         raise TranscribeError("clip_timestamps is only supported in sequential mode")
-    if mode == "batched" and word_timestamps:
-        raise TranscribeError("word_timestamps is only supported in sequential mode")
     if hallucination_silence_threshold is not None and not word_timestamps:
         raise TranscribeError("hallucination_silence_threshold needs word_timestamps=True")
+    if mode == "batched" and hallucination_silence_threshold is not None:
+        raise TranscribeError("hallucination_silence_threshold is only supported in sequential mode")
     if word_timestamps and decode_options.get("task") == "translate":
         warnings.warn("word-level timestamps on translations may not be reliable", stacklevel=2)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -487,14 +488,15 @@ def transcribe(model: Any, audio: Any, *, verbose: bool | None = None,
     common = dict(verbose=verbose, temperatures=temperatures, compression_ratio_threshold=compression_ratio_threshold,
                   logprob_threshold=logprob_threshold, no_speech_threshold=no_speech_threshold,
                   initial_prompt=initial_prompt, decode_options=decode_options, grid=grid)
+    words = (_WordOptions(prepend_punctuations, append_punctuations, hallucination_silence_threshold)
+             if word_timestamps else None)
     if mode == "sequential":
-        words = (_WordOptions(prepend_punctuations, append_punctuations, hallucination_silence_threshold)
-                 if word_timestamps else None)
         result = _sequential(model, mel, content_frames, condition_on_previous_text=condition_on_previous_text,
                              carry_initial_prompt=carry_initial_prompt, clip_timestamps=clip_timestamps,
                              words=words, **common)
     else:
-        result = _batched(model, mel, content_frames, batch_size=batch_size, sharding=(n_dev, sharding), **common)
+        result = _batched(model, mel, content_frames, batch_size=batch_size, sharding=(n_dev, sharding),
+                          words=words, **common)
     if grid is not None:
         result["at_time_res"] = at_time_res
         result["audio_tag"] = grid.finish()
@@ -710,7 +712,7 @@ def window_bounds(mel: np.ndarray, content_frames: int, search_frames: int = 500
 
 def _batched(model: Any, mel: np.ndarray, content_frames: int, *, verbose, temperatures, compression_ratio_threshold,
              logprob_threshold, no_speech_threshold, initial_prompt, decode_options, grid, batch_size,
-             sharding) -> dict:
+             sharding, words) -> dict:
     compiled = _compiled(model)
     params = model.params
     dims = model.dims
@@ -733,6 +735,7 @@ def _batched(model: Any, mel: np.ndarray, content_frames: int, *, verbose, tempe
 
     all_tokens: list[int] = []
     all_segments: list[dict] = []
+    last_speech_timestamp = 0.0
 
     def window_mel(k: int) -> np.ndarray:
         seg = mel[:, bounds[k]:bounds[k + 1]]
@@ -780,6 +783,12 @@ def _batched(model: Any, mel: np.ndarray, content_frames: int, *, verbose, tempe
                 for s in segs:  # a timestamp past the window's content is clipped to it
                     s["end"] = min(s["end"], end_time)
                     s["start"] = min(s["start"], s["end"])
+                if words is not None:  # the windows are fixed: words do not move the next one
+                    add_word_timestamps(segs, model, tokenizer, features[j:j + 1], segment_size,
+                                        last_speech_timestamp=last_speech_timestamp,
+                                        prepend_punctuations=words.prepend_punctuations,
+                                        append_punctuations=words.append_punctuations)
+                    last_speech_timestamp = get_end(segs) if segs else last_speech_timestamp
                 if verbose:
                     _print_segments(segs)
                 _finish_window(segs, all_segments, all_tokens)
