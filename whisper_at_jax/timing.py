@@ -51,43 +51,34 @@ def alignment_heads(model: Any) -> np.ndarray:
     return mask
 
 
-def median_filter(x: np.ndarray, width: int) -> np.ndarray:
-    """Median over a sliding window of odd ``width`` along the last axis, edges reflected."""
-    pad = width // 2
-    if x.shape[-1] <= pad:
-        return x
-    padded = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, pad)], mode="reflect")
-    windows = np.lib.stride_tricks.sliding_window_view(padded, width, axis=-1)
-    return np.sort(windows, axis=-1)[..., pad]
-
-
 def dtw(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Monotonic alignment of ``cost`` [N, M] (lowest total cost, steps down / right / diagonal) ->
     (row indices, column indices) of the path from (0, 0) to (N-1, M-1).
 
-    Ties break as openai-whisper's ``dtw_cpu``: diagonal only when strictly cheapest, then down, then right. The
-    accumulated costs are filled one anti-diagonal at a time (each cell needs only the two before it)."""
+    Ties break as openai-whisper's ``dtw_cpu`` is written: diagonal only when strictly cheapest, then down, then
+    right (its numba build departs from that on some exact ties of large matrices, e.g. costs rounded to 0.1; the
+    alignment matrices here are continuous). The accumulated costs (float32, as there) are filled one anti-diagonal
+    at a time, stored skewed (row d = i + j) so that each cell's three predecessors are contiguous slices of the two
+    previous rows."""
     n, m = cost.shape
-    acc = np.full((n + 1, m + 1), np.inf, np.float32)
+    acc = np.full((n + m + 1, n + 1), np.inf, np.float32)  # acc[i + j, i]: cost of reaching cell (i, j)
     acc[0, 0] = 0
-    trace = np.full((n + 1, m + 1), -1, np.int8)
-    x = cost.astype(np.float32)
+    step = np.zeros((n + m + 1, n + 1), np.int8)
+    x = np.full((n + m + 1, n + 1), np.inf, np.float32)
+    ii, jj = np.meshgrid(np.arange(1, n + 1), np.arange(1, m + 1), indexing="ij")
+    x[ii + jj, ii] = cost
     for d in range(2, n + m + 1):
-        i = np.arange(max(1, d - m), min(n, d - 1) + 1)
-        j = d - i
-        c0, c1, c2 = acc[i - 1, j - 1], acc[i - 1, j], acc[i, j - 1]
+        lo, hi = max(1, d - m), min(n, d - 1)
+        c0, c1, c2 = acc[d - 2, lo - 1:hi], acc[d - 1, lo - 1:hi], acc[d - 1, lo:hi + 1]
         diag = (c0 < c1) & (c0 < c2)
         down = ~diag & (c1 < c0) & (c1 < c2)
-        step = np.where(diag, 0, np.where(down, 1, 2))
-        acc[i, j] = x[i - 1, j - 1] + np.where(diag, c0, np.where(down, c1, c2))
-        trace[i, j] = step
-    trace[0, :] = 2
-    trace[:, 0] = 1
+        acc[d, lo:hi + 1] = x[d, lo:hi + 1] + np.where(diag, c0, np.where(down, c1, c2))
+        step[d, lo:hi + 1] = np.where(diag, 0, np.where(down, 1, 2))
     i, j = n, m
     path = []
     while i > 0 or j > 0:
         path.append((i - 1, j - 1))
-        t = trace[i, j]
+        t = 1 if j == 0 else 2 if i == 0 else step[i + j, i]
         if t == 0:
             i, j = i - 1, j - 1
         elif t == 1:
@@ -98,20 +89,45 @@ def dtw(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rows, cols
 
 
-_FORCED: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+def median_filter(x: Any, width: int) -> Any:
+    """Median over a sliding window of odd ``width`` along the last axis, edges reflected (openai-whisper's): the
+    middle of an odd-even transposition sort of the ``width`` shifted copies (min / max only: exactly the median)."""
+    pad = width // 2
+    if x.shape[-1] <= pad:
+        return x
+    padded = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, pad)], mode="reflect")
+    n = x.shape[-1]
+    v = [padded[..., k:k + n] for k in range(width)]
+    for r in range(width):
+        for i in range(r % 2, width - 1, 2):
+            v[i], v[i + 1] = jnp.minimum(v[i], v[i + 1]), jnp.maximum(v[i], v[i + 1])
+    return v[pad]
 
 
-def _forced_pass(model: Any):
-    fn = _FORCED.get(model)
+_ALIGNERS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def _aligner(model: Any):
+    """The jitted forced pass -> (probability of each next token [T], the alignment matrix [T, frames])."""
+    fn = _ALIGNERS.get(model)
     if fn is None:
         module = model.module
 
-        def run(params, tokens, features, heads_layer, heads_head):
-            logits, qk = module.apply({"params": params}, tokens, features, method="decode_cross_logits")
-            return logits[0], qk[heads_layer, 0, heads_head]  # [T, V], [n_heads, T, S]
+        def run(params, ids, features, heads_layer, heads_head, n, eot, qk_scale, frames, medfilt_width):
+            logits, qk = module.apply({"params": params}, ids, features, method="decode_cross_logits")
+            # probability of the token at position r + 1 among the text tokens (ids below eot), from row r
+            probs = jax.nn.softmax(logits[0, :, :eot].astype(jnp.float32), axis=-1)
+            following = jnp.minimum(jnp.roll(ids[0], -1), eot - 1)
+            next_probs = jnp.take_along_axis(probs, following[:, None], axis=-1)[:, 0]
+            weights = jax.nn.softmax(qk[heads_layer, 0, heads_head][:, :, :frames] * qk_scale, axis=-1)
+            rows = (jnp.arange(ids.shape[1]) < n)[None, :, None]  # standardised over the real tokens only
+            mean = jnp.where(rows, weights, 0).sum(-2, keepdims=True) / n
+            std = jnp.sqrt(jnp.where(rows, jnp.square(weights - mean), 0).sum(-2, keepdims=True) / n)
+            weights = median_filter((weights - mean) / std, medfilt_width)
+            return next_probs, weights.mean(axis=0)
 
-        fn = jax.jit(run)
-        _FORCED[model] = fn
+        fn = jax.jit(run, static_argnames=("eot", "frames", "medfilt_width"))
+        _ALIGNERS[model] = fn
     return fn
 
 
@@ -131,20 +147,12 @@ def find_alignment(model: Any, tokenizer: Any, text_tokens: list[int], features:
     ids = np.full((1, padded), tokenizer.eot, np.int32)
     ids[0, :n] = tokens
     layer_idx, head_idx = np.nonzero(alignment_heads(model))
-    logits, qk = _forced_pass(model)(model.params, jnp.asarray(ids), features, jnp.asarray(layer_idx),
-                                     jnp.asarray(head_idx))
-    logits = np.asarray(logits[:n], np.float64)
-    sampled = logits[len(sot):, :tokenizer.eot]
-    sampled = np.exp(sampled - sampled.max(-1, keepdims=True))
-    probs = sampled / sampled.sum(-1, keepdims=True)
-    text_token_probs = probs[np.arange(len(text_tokens)), text_tokens]
-
-    weights = np.asarray(qk[:, :n, :num_frames // 2], np.float32) * np.float32(qk_scale)
-    weights = np.exp(weights - weights.max(-1, keepdims=True))
-    weights = weights / weights.sum(-1, keepdims=True)
-    weights = (weights - weights.mean(-2, keepdims=True)) / weights.std(-2, keepdims=True)
-    weights = median_filter(weights, medfilt_width)
-    matrix = weights.mean(axis=0)[len(sot):-1]
+    next_probs, matrix = _aligner(model)(
+        model.params, jnp.asarray(ids), features, jnp.asarray(layer_idx), jnp.asarray(head_idx),
+        jnp.asarray(n, jnp.int32), eot=int(tokenizer.eot), qk_scale=jnp.asarray(qk_scale, jnp.float32),
+        frames=num_frames // 2, medfilt_width=medfilt_width)
+    text_token_probs = np.asarray(next_probs)[len(sot):len(sot) + len(text_tokens)]
+    matrix = np.asarray(matrix)[len(sot):n - 1]
     text_indices, time_indices = dtw(-matrix)
 
     words, word_tokens = tokenizer.split_to_word_tokens(text_tokens + [tokenizer.eot])
