@@ -50,10 +50,14 @@ def test_dtw_equals_openai_whisper(shape):
 
 @pytest.mark.parametrize("n", [2, 3, 4, 7, 150])
 def test_median_filter_equals_openai_whisper(n):
+    """Alone, and as the jitted aligner runs it: the signal followed by other values, its length given."""
     from whisper.timing import median_filter
 
     x = np.random.default_rng(n).standard_normal((3, 5, n)).astype(np.float32)
-    np.testing.assert_array_equal(np.asarray(timing.median_filter(x, 7)), median_filter(torch.from_numpy(x), 7).numpy())
+    ref = median_filter(torch.from_numpy(x), 7).numpy()
+    np.testing.assert_array_equal(np.asarray(timing.median_filter(x, 7)), ref)
+    longer = np.concatenate([x, np.full((3, 5, 40), 9.0, np.float32)], axis=-1)
+    np.testing.assert_array_equal(np.asarray(timing.median_filter(longer, 7, n))[..., :n], ref)
 
 
 def test_merge_punctuations_equals_openai_whisper():
@@ -172,6 +176,22 @@ def test_batched_word_timestamps_equal_openai_whispers_on_each_window(tiny_en, t
         last_speech = get_end(segs)
         ref_segments += segs
     _assert_same_words(dict(plain, segments=ref_segments), ours)
+
+
+def test_one_aligner_program_per_token_bucket(tiny_en, speech):
+    """Windows of any length share the compiled forced pass (batched mode cuts every window to its own length)."""
+    import whisper_at_jax as wat
+    from whisper_at_jax.tokenizer import get_tokenizer
+
+    tok = get_tokenizer(tiny_en.tokenizer_file, multilingual=False)
+    features = tiny_en.encode(np.asarray(wat.log_mel_spectrogram(speech, padding=480000))[None, :, :3000])
+    text = tok.encode(" The quick brown fox jumps over the lazy dog.")
+    aligner = timing._aligner(tiny_en)
+    words = timing.find_alignment(tiny_en, tok, text, features, 2999)
+    before = aligner._cache_size()
+    for frames in (2600, 1802, 1000):
+        assert [w.word for w in timing.find_alignment(tiny_en, tok, text, features, frames)] == [w.word for w in words]
+    assert aligner._cache_size() == before
 
 
 def test_word_timestamps_options(tiny_en, speech):

@@ -89,19 +89,24 @@ def dtw(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rows, cols
 
 
-def median_filter(x: Any, width: int) -> Any:
+def median_filter(x: Any, width: int, length: Any = None) -> Any:
     """Median over a sliding window of odd ``width`` along the last axis, edges reflected (openai-whisper's): the
-    middle of an odd-even transposition sort of the ``width`` shifted copies (min / max only: exactly the median)."""
+    middle of an odd-even transposition sort of the ``width`` shifted copies (min / max only: exactly the median).
+
+    ``length`` (may be traced): only the first ``length`` entries are the signal; the right edge reflects there and
+    the entries after it are left undefined (one compiled program serves every window length)."""
     pad = width // 2
-    if x.shape[-1] <= pad:
-        return x
-    padded = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, pad)], mode="reflect")
-    n = x.shape[-1]
-    v = [padded[..., k:k + n] for k in range(width)]
+    size = x.shape[-1]
+    length = size if length is None else length
+    # reflect: -k -> k, length - 1 + k -> length - 1 - k
+    src = jnp.arange(-pad, size + pad)
+    src = jnp.where(src < 0, -src, jnp.where(src >= length, 2 * (length - 1) - src, src))
+    padded = jnp.take(x, jnp.clip(src, 0, size - 1), axis=-1)
+    v = [padded[..., k:k + size] for k in range(width)]
     for r in range(width):
         for i in range(r % 2, width - 1, 2):
             v[i], v[i + 1] = jnp.minimum(v[i], v[i + 1]), jnp.maximum(v[i], v[i + 1])
-    return v[pad]
+    return jnp.where(length > pad, v[pad], x)  # openai-whisper leaves a signal of <= pad entries as it is
 
 
 _ALIGNERS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
@@ -113,20 +118,23 @@ def _aligner(model: Any):
     if fn is None:
         module = model.module
 
-        def run(params, ids, features, heads_layer, heads_head, n, eot, qk_scale, frames, medfilt_width):
+        def run(params, ids, features, heads_layer, heads_head, n, frames, qk_scale, eot, medfilt_width):
             logits, qk = module.apply({"params": params}, ids, features, method="decode_cross_logits")
             # probability of the token at position r + 1 among the text tokens (ids below eot), from row r
             probs = jax.nn.softmax(logits[0, :, :eot].astype(jnp.float32), axis=-1)
             following = jnp.minimum(jnp.roll(ids[0], -1), eot - 1)
             next_probs = jnp.take_along_axis(probs, following[:, None], axis=-1)[:, 0]
-            weights = jax.nn.softmax(qk[heads_layer, 0, heads_head][:, :, :frames] * qk_scale, axis=-1)
+            # over the window's first `frames` encoder frames only (its content); the rest is left undefined
+            qk = qk[heads_layer, 0, heads_head] * qk_scale
+            weights = jax.nn.softmax(jnp.where(jnp.arange(qk.shape[-1]) < frames, qk, -jnp.inf), axis=-1)
             rows = (jnp.arange(ids.shape[1]) < n)[None, :, None]  # standardised over the real tokens only
             mean = jnp.where(rows, weights, 0).sum(-2, keepdims=True) / n
             std = jnp.sqrt(jnp.where(rows, jnp.square(weights - mean), 0).sum(-2, keepdims=True) / n)
-            weights = median_filter((weights - mean) / std, medfilt_width)
+            weights = median_filter((weights - mean) / std, medfilt_width, frames)
             return next_probs, weights.mean(axis=0)
 
-        fn = jax.jit(run, static_argnames=("eot", "frames", "medfilt_width"))
+        # static: the vocabulary split and the filter width; token counts come in buckets, frames are traced
+        fn = jax.jit(run, static_argnames=("eot", "medfilt_width"))
         _ALIGNERS[model] = fn
     return fn
 
@@ -147,12 +155,13 @@ def find_alignment(model: Any, tokenizer: Any, text_tokens: list[int], features:
     ids = np.full((1, padded), tokenizer.eot, np.int32)
     ids[0, :n] = tokens
     layer_idx, head_idx = np.nonzero(alignment_heads(model))
+    frames = num_frames // 2
     next_probs, matrix = _aligner(model)(
         model.params, jnp.asarray(ids), features, jnp.asarray(layer_idx), jnp.asarray(head_idx),
-        jnp.asarray(n, jnp.int32), eot=int(tokenizer.eot), qk_scale=jnp.asarray(qk_scale, jnp.float32),
-        frames=num_frames // 2, medfilt_width=medfilt_width)
+        jnp.asarray(n, jnp.int32), jnp.asarray(frames, jnp.int32), jnp.asarray(qk_scale, jnp.float32),
+        eot=int(tokenizer.eot), medfilt_width=medfilt_width)
     text_token_probs = np.asarray(next_probs)[len(sot):len(sot) + len(text_tokens)]
-    matrix = np.asarray(matrix)[len(sot):n - 1]
+    matrix = np.asarray(matrix)[len(sot):n - 1, :frames]
     text_indices, time_indices = dtw(-matrix)
 
     words, word_tokens = tokenizer.split_to_word_tokens(text_tokens + [tokenizer.eot])
