@@ -7,7 +7,8 @@ Runs, each in its own process and in this order: ``encoder.py`` (tiny.en encoder
 CTranslate2; once in one process, once with ``--isolated``: each implementation in processes of its own),
 ``cpu_gemm.py`` (the encoder's fp32 products, XLA vs PyTorch), ``transcribe.py`` twice (temperature 0 without
 fallback, where every implementation does the same work; then with each library's temperature fallback), each
-against openai-whisper and faster-whisper with peak memory, ``tagging.py`` (the tags' cost on top of
+against openai-whisper and faster-whisper with peak memory, ``word_timestamps.py`` (transcription with word
+timestamps against openai-whisper's, and against ours without them), ``tagging.py`` (the tags' cost on top of
 transcription, ``tag()`` vs whisper-at) and ``train_throughput.py`` (head-training examples/s, online and cached).
 The GPU benchmarks are ``benchmarks/gpu.sh``, ``gpu_train.sh`` and ``gpu_asr.sh`` (a lent device only). Run this on a quiet machine: ratios inside a table come
 from one run, interleaved or back to back, but the tables are minutes apart.
@@ -45,6 +46,8 @@ SCRIPTS = [
     ("asr_fallback", "transcribe.py",
      "transcription, tiny.en, temperature 0 + each library's fallback (openai-whisper's defaults)",
      _ASR_COLUMNS, [], True),
+    ("words", "word_timestamps.py", "word timestamps' cost, tiny.en, 176-s file, temperature 0 without fallback",
+     ["run", "seconds", "vs without words", "vs openai-whisper, same words setting"], [], True),
     ("tags", "tagging.py", "Whisper-AT tags, tiny.en + TL-TR", ["implementation", "seconds", "audio s / s"], [], True),
     ("train", "train_throughput.py", "head training, tiny.en + TL-TR (the trainer, batch 16)",
      ["mode", "head", "batch", "steps", "examples_per_s", "wall_s_incl_compile"],
@@ -94,6 +97,13 @@ def summary_rows(results: dict[str, dict]) -> list[dict]:
                                 "reference": f"{judge['implementation']}: {judge['seconds']} s",
                                 "ours / reference time": f"{ratio:.2f}x",
                                 "other": f"peak RSS {ours['peak RSS']} vs {judge['peak RSS']}"})
+    words = results.get("words", {}).get("seconds", {})
+    for impl in ("ours sequential", "ours batched (8)"):
+        if f"{impl}, words" in words and "openai-whisper, words" in words:
+            t, ref = words[f"{impl}, words"], words["openai-whisper, words"]
+            out.append({"benchmark": "transcribe with word timestamps", "ours": f"{impl}: {t:.2f} s",
+                        "reference": f"openai-whisper: {ref:.2f} s", "ours / reference time": f"{t / ref:.2f}x",
+                        "other": f"{t / words[impl]:.2f}x ours without words"})
     tags = results.get("tags", {})
     for k, v in tags.get("summary", {}).items():
         out.append({"benchmark": "tags", "ours": k, "reference": "", "ours / reference time": v, "other": ""})

@@ -71,7 +71,7 @@ def main() -> None:
     print(f"tiny.en, {len(audio) / 16000:.0f}-s file, greedy, {args.rounds} rounds, {machine()}")
     print(markdown_table(rows, ["run", "seconds", "vs without words", "vs openai-whisper, same words setting"]))
     if args.json:
-        write_json(args.json, {"machine": machine(), "seconds": med})
+        write_json(args.json, {"machine": machine(), "seconds": med, "rows": rows})
 
 
 if __name__ == "__main__":
