@@ -8,7 +8,9 @@ Two long-form modes:
     consecutive timestamp tokens, seek to the last complete timestamp, temperature fallback on
     ``compression_ratio_threshold`` / ``logprob_threshold``, the no-speech skip, ``condition_on_previous_text``
     with the prompt reset after a temperature > 0.5, the last window zero-padded after ``segment_size`` frames.
-    The encoder runs once per window; temperature fallbacks reuse its output.
+    The encoder runs once per window; temperature fallbacks reuse its output. With ``word_timestamps`` each
+    window's segments get their words (:mod:`whisper_at_jax.timing`, from the same encoder output), the next
+    window starts after the last word, and ``hallucination_silence_threshold`` applies openai-whisper's skipping.
 
 ``batched``
     Independent windows of at most 30 s, decoded ``batch_size`` at a time under one compiled program (the last
@@ -22,7 +24,7 @@ Two long-form modes:
     segment the model did not close is kept up to the window's end (there is no next window to seek into).
     Windows do not condition on each other (only on ``initial_prompt``, given to every window), which is what
     makes them independent. Fallbacks re-decode only the windows that failed, at the next temperature, in
-    power-of-two sub-batches.
+    power-of-two sub-batches. Word timestamps are aligned per window; they do not move the windows.
 
 Sound tags (``at_time_res`` given and a head on the model) come from the decoder's own encoder passes: one
 ``encode(return_layers=True)`` per decoder window feeds the decoder its final states and the head its taps (every
