@@ -35,8 +35,10 @@ whatever the decoder's seeks (whisper-at pools each window from its own start, s
 seeks off a 30-s boundary, and a later window overwrites an earlier one's rows). Each encoder frame is taken from
 the decoder window that transcribed it: in sequential mode windows overlap (a window at ``seek`` covers 30 s, the
 next one starts at its last complete timestamp ``s'``), so frames ``[seek, s')`` come from the first window and
-the rest from the next one. Seeks land on timestamps, i.e. whole encoder frames (2 mel frames), so a window's frames fall on the
-absolute frame grid; batched mode cuts its windows on even mel frames for the same reason. A step (or a row) that
+the rest from the next one. Seeks land on timestamps, i.e. whole encoder frames (2 mel frames), so a window's frames
+fall on the absolute frame grid; batched mode cuts its windows on even mel frames for the same reason. (Seeks set by
+word timestamps or ``clip_timestamps`` can land on an odd mel frame: that window's frames then count for the
+encoder frame 10 ms before their centre.) A step (or a row) that
 straddles two windows therefore sums frames from both. The last window gives all its 1500 frames (its tail is the
 encoding of padding, as in whisper-at); frames no window covers (past the last window; between
 ``clip_timestamps`` clips) are zeros, as whisper-at zero-pads a short last segment. Temperature fallback reuses
