@@ -657,8 +657,9 @@ def _sequential(model: Any, mel: np.ndarray, content_frames: int, *, verbose, te
                         seek = round(last_word_end * FRAMES_PER_SECOND)
                 if words.hallucination_silence_threshold is not None:
                     seek, drop_window = skip_hallucinations(
-                        current_segments, threshold=words.hallucination_silence_threshold, seek=seek, previous_seek=previous_seek,
-                        segment_frames=segment_size, single_timestamp_ending=single_timestamp_ending,
+                        current_segments, threshold=words.hallucination_silence_threshold, seek=seek,
+                        previous_seek=previous_seek, segment_frames=segment_size,
+                        single_timestamp_ending=single_timestamp_ending,
                         last_speech_timestamp=last_speech_timestamp, content_frames=content_frames)
                     if drop_window:
                         pbar.update(min(content_frames, seek) - previous_seek)
