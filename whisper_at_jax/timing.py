@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .audio import HOP_LENGTH, SAMPLE_RATE
+from .audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE
 
 #: Encoder frames per second (0.02 s each).
 TOKENS_PER_SECOND = 50
@@ -267,7 +267,7 @@ def get_end(segments: list[dict]) -> float | None:
                 segments[-1]["end"] if segments else None)
 
 
-_PUNCTUATION = "\"'“¿([{-\"'.。,，!！?？:：”)]}、"
+_PUNCTUATION = PREPEND_PUNCTUATIONS + APPEND_PUNCTUATIONS  # not scored as words (openai-whisper's list)
 
 
 def _word_anomaly_score(word: dict) -> float:
@@ -301,15 +301,14 @@ def skip_hallucinations(segments: list[dict], *, threshold: float, seek: int, pr
     skipped. Drops such segments from ``segments`` (in place) and returns (the next seek, whether the whole window
     is to be dropped because its first segment is a hallucination after a long silence)."""
     time_offset = previous_seek * HOP_LENGTH / SAMPLE_RATE
-    window_end_time = (previous_seek + 3000) * HOP_LENGTH / SAMPLE_RATE
+    window_end_time = (previous_seek + N_FRAMES) * HOP_LENGTH / SAMPLE_RATE
     segment_duration = segment_frames * HOP_LENGTH / SAMPLE_RATE
     content_duration = content_frames * HOP_LENGTH / SAMPLE_RATE
-    frames_per_second = SAMPLE_RATE // HOP_LENGTH
     if not single_timestamp_ending:
         last_word_end = get_end(segments)
         if last_word_end is not None and last_word_end > time_offset:
             if window_end_time - last_word_end > threshold:
-                seek = round(last_word_end * frames_per_second)
+                seek = round(last_word_end * FRAMES_PER_SECOND)
             else:
                 seek = previous_seek + segment_frames
 
@@ -318,7 +317,7 @@ def skip_hallucinations(segments: list[dict], *, threshold: float, seek: int, pr
     if first is not None and _is_segment_anomaly(first):
         gap = first["start"] - time_offset
         if gap > threshold:
-            return previous_seek + round(gap * frames_per_second), True
+            return previous_seek + round(gap * FRAMES_PER_SECOND), True
 
     # a hallucination surrounded by silence or more hallucinations: drop it and what follows, seek to it
     last_end = last_speech_timestamp
@@ -333,7 +332,7 @@ def skip_hallucinations(segments: list[dict], *, threshold: float, seek: int, pr
             silence_after = (next_start - segment["end"] > threshold or _is_segment_anomaly(following)
                              or window_end_time - segment["end"] < 2.0)
             if silence_before and silence_after:
-                seek = round(max(time_offset + 1, segment["start"]) * frames_per_second)
+                seek = round(max(time_offset + 1, segment["start"]) * FRAMES_PER_SECOND)
                 if content_duration - segment["end"] < threshold:
                     seek = content_frames
                 del segments[i:]

@@ -343,8 +343,9 @@ class _TagRows:
 
 def _segments_from_tokens(tokens: list[int], tokenizer: Any, seek: int, segment_size: int, time_offset: float,
                           time_precision: float, input_stride: int, result: DecodingResult, keep_tail: bool
-                          ) -> tuple[list[dict], int]:
-    """openai-whisper's timestamp splitting -> (segments, frames to advance).
+                          ) -> tuple[list[dict], int, bool]:
+    """openai-whisper's timestamp splitting -> (segments, frames to advance, whether the tokens end in a single
+    timestamp: no speech after it).
 
     ``keep_tail``: batched mode keeps an unfinished last segment (ended by EOT without a closing timestamp) up to
     the window end instead of seeking back to its start.
@@ -393,7 +394,7 @@ def _segments_from_tokens(tokens: list[int], tokenizer: Any, seek: int, segment_
             duration = (timestamps[-1] - tb) * time_precision
         segments.append(new_segment(time_offset, time_offset + duration, list(tokens)))
         advance = segment_size
-    return segments, advance
+    return segments, advance, single_timestamp_ending
 
 
 def _finish_window(segments: list[dict], all_segments: list[dict], all_tokens: list[int]) -> None:
@@ -641,7 +642,7 @@ def _sequential(model: Any, mel: np.ndarray, content_frames: int, *, verbose, te
                     continue
 
             previous_seek = seek
-            current_segments, advance = _segments_from_tokens(
+            current_segments, advance, single_timestamp_ending = _segments_from_tokens(
                 tokens, tokenizer, seek, segment_size, time_offset, time_precision, input_stride, result,
                 keep_tail=False)
             seek += advance
@@ -650,7 +651,6 @@ def _sequential(model: Any, mel: np.ndarray, content_frames: int, *, verbose, te
                                     last_speech_timestamp=last_speech_timestamp,
                                     prepend_punctuations=words.prepend_punctuations,
                                     append_punctuations=words.append_punctuations)
-                single_timestamp_ending = [t >= tokenizer.timestamp_begin for t in tokens[-2:]] == [False, True]
                 if not single_timestamp_ending:
                     last_word_end = get_end(current_segments)
                     if last_word_end is not None and last_word_end > time_offset:
@@ -781,7 +781,7 @@ def _batched(model: Any, mel: np.ndarray, content_frames: int, *, verbose, tempe
                         skip = False
                     if skip:
                         continue
-                segs, _ = _segments_from_tokens(list(r.tokens), tokenizer, seek, segment_size,
+                segs, _, _ = _segments_from_tokens(list(r.tokens), tokenizer, seek, segment_size,
                                                 float(seek * HOP_LENGTH / SAMPLE_RATE), time_precision,
                                                 input_stride, r, keep_tail=True)
                 end_time = (seek + segment_size) * HOP_LENGTH / SAMPLE_RATE
