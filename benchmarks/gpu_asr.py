@@ -4,18 +4,20 @@
     python benchmarks/gpu_asr.py --check DIR --json OUT    # on the lent GPU (benchmarks/gpu_asr.sh)
 
 The inputs are ``benchmarks/transcribe.py``'s (a 30-s clip and a ~3-min file made from tests/data/speech_en.flac).
-``--reference`` records, on the CPU, the tiny.en encoder's final states on the clip's window and every segment's
-tokens of ``transcribe`` in both modes (the CPU results are the ones the test suite holds equal to openai-whisper's).
-``--check`` repeats them on the GPU twice: with JAX's default float32 matmul precision there (TF32 on Hopper) and
-under ``jax.default_matmul_precision("highest")``; it reports the encoder's max abs diff to the CPU, whether
-every segment's tokens are the same, and warm transcription times of the long file, next to openai-whisper's
-PyTorch on the same GPU and weights (fp32 and fp16), when ``import whisper`` works there.
+``--reference`` records, on the CPU, the tiny.en encoder's final states on the clip's window, every segment's
+tokens of ``transcribe`` in both modes (openai-whisper's defaults, temperature fallback included) and the words of
+``transcribe(word_timestamps=True, temperature=0)`` on the long file in both modes (the CPU results are the ones
+the test suite holds equal to openai-whisper's). ``--check`` repeats them on the GPU with the package as it is
+(float32 products at HIGHEST precision, ``model.matmul_precision``) and reports the encoder's max abs diff to the
+CPU, whether every segment's tokens are the same, how many words differ in text or in start / end time (0.01 s,
+the unit they are rounded to) and the largest probability difference, and warm transcription times of the long
+file (with fallback). Speed against openai-whisper on the same GPU: ``benchmarks/word_timestamps.py --device cuda``
+(greedy, so every implementation does the same work).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -42,6 +44,26 @@ def _segments(result: dict) -> list[list[int]]:
     return [list(map(int, s["tokens"])) for s in result["segments"]]
 
 
+def _words(result: dict) -> list[list]:
+    return [[w["word"], w["start"], w["end"], w["probability"]] for s in result["segments"] for w in s["words"]]
+
+
+def _transcribe_words(model, audio: np.ndarray, mode: str) -> dict:
+    return model.transcribe(audio, mode=mode, batch_size=8, word_timestamps=True, temperature=0.0)
+
+
+def _compare_words(ours: list[list], want: list[list]) -> dict:
+    """How far our words are from the reference's: text, times (rounded to 0.01 s by both) and probabilities."""
+    if [w[0] for w in ours] != [w[0] for w in want]:
+        return {"words equal": False, "n_words": len(ours), "n_words_cpu": len(want)}
+    times = np.array([w[1:3] for w in ours], np.float64) - np.array([w[1:3] for w in want], np.float64)
+    probs = np.array([w[3] for w in ours], np.float64) - np.array([w[3] for w in want], np.float64)
+    return {"words equal": True, "n_words": len(ours),
+            "words with another start or end": int((np.abs(times) > 1e-9).any(axis=1).sum()),
+            "max time diff_s": round(float(np.abs(times).max(initial=0.0)), 2),
+            "max probability diff": float(np.abs(probs).max(initial=0.0))}
+
+
 def reference(out_dir: str) -> None:
     import whisper_at_jax as wat
 
@@ -51,13 +73,15 @@ def reference(out_dir: str) -> None:
     clip = wat.load_audio(paths[0])
     final = np.asarray(model.encode(_first_window(wat, clip)))
     np.save(os.path.join(out_dir, "clip_final.npy"), final)
-    ref = {"inputs": [os.path.basename(p) for p in paths], "tokens": {}, "text": {}}
+    ref = {"inputs": [os.path.basename(p) for p in paths], "tokens": {}, "text": {}, "words": {}}
     for p in paths:
         audio = wat.load_audio(p)
         for mode in MODES:
             r = model.transcribe(audio, mode=mode, batch_size=8)
             ref["tokens"][f"{os.path.basename(p)}/{mode}"] = _segments(r)
             ref["text"][f"{os.path.basename(p)}/{mode}"] = r["text"]
+    for mode in MODES:
+        ref["words"][f"{ref['inputs'][1]}/{mode}"] = _words(_transcribe_words(model, wat.load_audio(paths[1]), mode))
     with open(os.path.join(out_dir, "reference.json"), "w") as f:
         json.dump(ref, f)
     print("reference written to", out_dir)
@@ -90,36 +114,32 @@ def check(ref_dir: str, rounds: int, json_path: str = "") -> dict:
         assert [os.path.basename(p) for p in make_inputs(ref_dir)] == ref["inputs"]
     audio = {os.path.basename(p): wat.load_audio(p) for p in paths}
     long_name = ref["inputs"][1]
-    report: dict = {"device": str(jax.devices()[0]), "jax": jax.__version__, "rows": []}
-    for precision in ("default", "highest"):
-        ctx = jax.default_matmul_precision("highest") if precision == "highest" else contextlib.nullcontext()
-        with ctx:
-            model = wat.load_model("tiny.en", at_head=False)
-            final = np.asarray(model.encode(_first_window(wat, audio[ref["inputs"][0]])))
-            row = {"precision": precision, "encoder_max_abs_diff_vs_cpu": float(np.abs(final - cpu_final).max()),
-                   "encoder_max_abs": float(np.abs(cpu_final).max())}
-            for name, a in audio.items():
-                for mode in MODES:
-                    r = model.transcribe(a, mode=mode, batch_size=8)
-                    key = f"{name}/{mode}"
-                    ours, want = _segments(r), ref["tokens"][key]
-                    row[f"{key} tokens equal"] = ours == want
-                    if ours != want:
-                        row[f"{key} text"] = r["text"]
-                        row[f"{key} cpu text"] = ref["text"][key]
-            for mode in MODES:
-                first, median = _time(lambda: model.transcribe(audio[long_name], mode=mode, batch_size=8), rounds)
-                row[f"{long_name}/{mode} first_s"] = round(first, 3)
-                row[f"{long_name}/{mode} median_s"] = round(median, 3)
-        print(json.dumps(row, indent=1), flush=True)
-        report["rows"].append(row)
-        _save(report, json_path)
-    try:
-        report["openai-whisper"] = _openai_whisper(audio[long_name], ref["text"][f"{long_name}/sequential"], rounds)
-        print(json.dumps(report["openai-whisper"], indent=1), flush=True)
-    except ImportError as e:
-        report["openai-whisper"] = f"not run: {e}"
+    report: dict = {"device": str(jax.devices()[0]), "jax": jax.__version__}
+    model = wat.load_model("tiny.en", at_head=False)
+    final = np.asarray(model.encode(_first_window(wat, audio[ref["inputs"][0]])))
+    report["encoder_max_abs_diff_vs_cpu"] = float(np.abs(final - cpu_final).max())
+    report["encoder_max_abs"] = float(np.abs(cpu_final).max())
+    for name, a in audio.items():
+        for mode in MODES:
+            r = model.transcribe(a, mode=mode, batch_size=8)
+            key = f"{name}/{mode}"
+            ours, want = _segments(r), ref["tokens"][key]
+            report[f"{key} tokens equal"] = ours == want
+            if ours != want:
+                report[f"{key} text"] = r["text"]
+                report[f"{key} cpu text"] = ref["text"][key]
     _save(report, json_path)
+    for mode in MODES:
+        key = f"{long_name}/{mode}"
+        report[f"{key} word_timestamps"] = _compare_words(_words(_transcribe_words(model, audio[long_name], mode)),
+                                                          ref["words"][key])
+    _save(report, json_path)
+    for mode in MODES:
+        first, median = _time(lambda: model.transcribe(audio[long_name], mode=mode, batch_size=8), rounds)
+        report[f"{long_name}/{mode} first_s"] = round(first, 3)
+        report[f"{long_name}/{mode} median_s"] = round(median, 3)
+    _save(report, json_path)
+    print(json.dumps(report, indent=1), flush=True)
     return report
 
 
@@ -128,30 +148,6 @@ def _save(report: dict, path: str) -> None:
         with open(path + ".tmp", "w") as f:
             json.dump(report, f, indent=1)
         os.replace(path + ".tmp", path)
-
-
-def _openai_whisper(audio: np.ndarray, cpu_text: str, rounds: int) -> dict:
-    import torch
-
-    import whisper_at_jax as wat
-
-    cuda = torch.cuda.is_available()
-    ref = wat.load_model("tiny.en", at_head=False).to_openai_whisper().to("cuda" if cuda else "cpu")
-    out = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if cuda else "cpu"}
-    for fp16 in (False, True) if cuda else (False,):
-        name = "fp16" if fp16 else "fp32"
-
-        def run(fp16=fp16):
-            r = ref.transcribe(audio, fp16=fp16, language="en")
-            if cuda:
-                torch.cuda.synchronize()
-            return r
-
-        text = run()["text"]
-        first, median = _time(run, rounds)
-        out[f"{name} median_s"] = round(median, 3)
-        out[f"{name} text equals our cpu text"] = text == cpu_text
-    return out
 
 
 def main() -> None:

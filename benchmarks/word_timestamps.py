@@ -2,11 +2,12 @@
 batched) against openai-whisper on the same weights, greedy without fallback (every implementation does the same
 decoding work).
 
-    python benchmarks/word_timestamps.py [--rounds 3] [--json out.json]
+    python benchmarks/word_timestamps.py [--rounds 3] [--device cpu|cuda] [--json out.json]
 
 Input: ``benchmarks/transcribe.py``'s 176-s file (the project's speech sample twelve times with pauses). Each
 implementation is timed alternately in one process after one untimed call (ours then has its programs compiled);
-median of ``--rounds`` calls.
+median of ``--rounds`` calls. ``--device cuda`` (a lent GPU, ``benchmarks/gpu_asr.sh``) runs openai-whisper's
+PyTorch model there in fp32; ours runs on JAX's default device either way.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from transcribe import make_inputs  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="where openai-whisper's PyTorch model runs")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -38,7 +40,7 @@ def main() -> None:
     from whisper_at_jax.audio import load_audio
 
     model = wat.load_model("tiny.en", at_head=False)
-    ref = model.to_openai_whisper()
+    ref = model.to_openai_whisper().to(args.device)
     with tempfile.TemporaryDirectory() as d:
         audio = load_audio(make_inputs(d)[1])
     common = dict(temperature=0.0)
