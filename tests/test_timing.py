@@ -194,6 +194,33 @@ def test_one_aligner_program_per_token_bucket(tiny_en, speech):
     assert aligner._cache_size() == before
 
 
+def test_accelerator_forced_length_gives_the_same_words(tiny_en, speech, monkeypatch):
+    """Off the CPU every window's forced pass is padded to 256 tokens (one program; compiling dominates there): the
+    padding must not change any word, time or probability. Run on this CPU by reporting another platform."""
+    import whisper_at_jax as wat
+    from whisper_at_jax.tokenizer import get_tokenizer
+
+    assert timing._forced_length(7, 448, "cpu") == 32 and timing._forced_length(40, 448, "cpu") == 64
+    assert timing._forced_length(7, 448, "gpu") == 256 and timing._forced_length(229, 448, "tpu") == 256
+    assert timing._forced_length(300, 448, "gpu") == 320 and timing._forced_length(440, 448, "gpu") == 448
+    tok = get_tokenizer(tiny_en.tokenizer_file, multilingual=False)
+    features = tiny_en.encode(np.asarray(wat.log_mel_spectrogram(speech, padding=480000))[None, :, :3000])
+    texts = [tok.encode(" The quick brown fox jumps over the lazy dog."),
+             tok.encode(" And so, my fellow Americans, ask not what your country can do for you; ask what you can"
+                        " do for your country. The quick brown fox jumps over the lazy dog, again and again.")]
+    on_cpu = [timing.find_alignment(tiny_en, tok, t, features, 2999) for t in texts]
+    monkeypatch.setattr(timing, "_platform", lambda x: "gpu")
+    aligner = timing._aligner(tiny_en)
+    before = aligner._cache_size()
+    padded = [timing.find_alignment(tiny_en, tok, t, features, 2999) for t in texts]
+    assert aligner._cache_size() == before + 1  # both texts, one program
+    for a, b in zip(on_cpu, padded):
+        assert [(w.word, w.start, w.end) for w in a] == [(w.word, w.start, w.end) for w in b]
+        # the same products over more rows, which XLA blocks differently: fp32 sums round apart (measured 1.8e-6);
+        # a different token or frame would move a probability by orders of magnitude more
+        assert max(abs(x.probability - y.probability) for x, y in zip(a, b)) <= 1e-5
+
+
 def test_word_timestamps_options(tiny_en, speech):
     with pytest.raises(TranscribeError, match="hallucination_silence_threshold is only supported in sequential"):
         tiny_en.transcribe(speech, word_timestamps=True, hallucination_silence_threshold=2.0, mode="batched")

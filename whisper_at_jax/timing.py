@@ -27,6 +27,11 @@ TOKENS_PER_SECOND = 50
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
 APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
 _TOKEN_BUCKET = 32  # forced passes padded to a multiple of this many tokens: one compile per bucket
+# The shortest forced pass off the CPU. On CPU a longer pass costs time on every window (tiny.en: 82 / 124 / 160 ms
+# for 32 / 64 / 96 tokens), so each 32-token bucket gets its own program. On a GPU the pass takes ~2 ms whatever its
+# length while each program compiles for 11-13 s (XLA's autotuning; docs/benchmarks.md, H200): one program of 256
+# covers every window (sot sequence + no-timestamps + at most n_text_ctx // 2 = 224 sampled tokens + eot).
+_ACCELERATOR_FORCED_TOKENS = 256
 
 
 @dataclasses.dataclass
@@ -109,6 +114,17 @@ def median_filter(x: Any, width: int, length: Any = None) -> Any:
     return jnp.where(length > pad, v[pad], x)  # openai-whisper leaves a signal of <= pad entries as it is
 
 
+def _platform(x: Any) -> str:
+    return next(iter(x.devices())).platform if isinstance(x, jax.Array) else jax.default_backend()
+
+
+def _forced_length(n: int, n_text_ctx: int, platform: str) -> int:
+    """Tokens of the forced pass for ``n`` real ones, padded so that few programs serve every window (causal
+    attention: the padding after the real tokens changes nothing before it)."""
+    shortest = _TOKEN_BUCKET if platform == "cpu" else _ACCELERATOR_FORCED_TOKENS
+    return min(-(-max(n, shortest) // _TOKEN_BUCKET) * _TOKEN_BUCKET, n_text_ctx)
+
+
 _ALIGNERS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 
 
@@ -150,8 +166,7 @@ def find_alignment(model: Any, tokenizer: Any, text_tokens: list[int], features:
     n = len(tokens)
     if n > model.dims.n_text_ctx:
         raise ValueError(f"{len(text_tokens)} text tokens do not fit the decoder's {model.dims.n_text_ctx} positions")
-    # causal attention: the padding after the real tokens changes nothing before it
-    padded = min(-(-n // _TOKEN_BUCKET) * _TOKEN_BUCKET, model.dims.n_text_ctx)
+    padded = _forced_length(n, model.dims.n_text_ctx, _platform(features))
     ids = np.full((1, padded), tokenizer.eot, np.int32)
     ids[0, :n] = tokens
     layer_idx, head_idx = np.nonzero(alignment_heads(model))
