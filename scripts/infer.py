@@ -4,7 +4,10 @@
     python scripts/infer.py AUDIO... [--model tiny.en] [--head PATH] [--language en] [--task transcribe]
         [--beam-size 5] [--temperature 0] [--mode sequential|batched] [--batch-size 8] [--dtype float32]
         [--output-dir .] [--output-format txt|json|srt|vtt|tsv|all] [--at-time-res 10] [--top-k 5]
-        [--threshold 0.5] [--tags-only]
+        [--threshold 0.5] [--tags-only] [--word-timestamps] [--initial-prompt TEXT] ...
+
+The decoding options are openai-whisper's CLI options, spelled with hyphens (``--initial-prompt``,
+``--condition-on-previous-text False``, ``--no-speech-threshold none``, ...), with its defaults.
 
 Prints each file's transcript (``[start --> end] text``) and, per tag row, the top tags with their
 probabilities; writes the chosen output files. The model is loaded once and its compiled functions serve every
@@ -34,6 +37,25 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--temperature", type=float, default=0.0, help="first temperature")
     ap.add_argument("--temperature-increment-on-fallback", type=float, default=0.2,
                     help="fallback step up to 1.0 (use 0 for no fallback)")
+    ap.add_argument("--patience", type=float, default=None, help="beam search patience (with --beam-size)")
+    ap.add_argument("--length-penalty", type=float, default=None,
+                    help="length penalty alpha in [0, 1] (default: rank by the mean log probability)")
+    ap.add_argument("--suppress-tokens", default="-1",
+                    help="comma-separated token ids to suppress; -1: the non-speech symbols (openai-whisper's default); "
+                         "a list that starts with -1 is written --suppress-tokens=-1,ID")
+    ap.add_argument("--initial-prompt", default=None, help="text to condition the first window on")
+    ap.add_argument("--carry-initial-prompt", action="store_true",
+                    help="put --initial-prompt before every window's previous text (sequential mode)")
+    ap.add_argument("--condition-on-previous-text", type=_boolean, default=True, metavar="{True,False}",
+                    help="give each window the previous window's text as a prompt (sequential mode)")
+    ap.add_argument("--compression-ratio-threshold", type=_optional_float, default=2.4, metavar="X|none",
+                    help="fall back to a higher temperature above this gzip compression ratio")
+    ap.add_argument("--logprob-threshold", type=_optional_float, default=-1.0, metavar="X|none",
+                    help="fall back to a higher temperature below this mean token log probability")
+    ap.add_argument("--no-speech-threshold", type=_optional_float, default=0.6, metavar="X|none",
+                    help="a window is silent above this no-speech probability (with --logprob-threshold)")
+    ap.add_argument("--clip-timestamps", default="0",
+                    help="start,end,start,end,... seconds to transcribe (sequential mode; a last start runs to the end)")
     ap.add_argument("--mode", default="sequential", choices=["sequential", "batched"])
     ap.add_argument("--word-timestamps", action="store_true",
                     help="word-level timestamps (in the json output's segments; srt/vtt cues from words)")
@@ -47,6 +69,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="with --word-timestamps and --max-line-width: lines per subtitle cue")
     ap.add_argument("--max-words-per-line", type=int, default=None,
                     help="with --word-timestamps: words per subtitle line (no effect with --max-line-width)")
+    ap.add_argument("--prepend-punctuations", default=None,
+                    help="with --word-timestamps: punctuation merged into the next word (default: openai-whisper's)")
+    ap.add_argument("--append-punctuations", default=None,
+                    help="with --word-timestamps: punctuation merged into the previous word (default: openai-whisper's)")
     ap.add_argument("--batch-size", type=int, default=8, help="windows per batch (batched mode, tagging)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
     ap.add_argument("--output-dir", "-o", default=".", help="where output files go")
@@ -69,9 +95,29 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--beam-size must be >= 1")
     if args.tags_only and args.no_tags:
         ap.error("--tags-only and --no-tags exclude each other")
+    if args.patience is not None and args.beam_size is None:
+        ap.error("--patience needs --beam-size")
+    if args.patience is not None and round(args.beam_size * args.patience) < 1:
+        ap.error("--patience times --beam-size must be >= 1")
+    if args.length_penalty is not None and not 0.0 <= args.length_penalty <= 1.0:
+        ap.error("--length-penalty must be in [0, 1]")
+    try:
+        [int(t) for t in args.suppress_tokens.split(",") if t.strip()]
+    except ValueError:
+        ap.error(f"--suppress-tokens must be comma-separated integers, got {args.suppress_tokens!r}")
+    try:
+        clips = [float(t) for t in args.clip_timestamps.split(",") if t.strip()]
+    except ValueError:
+        ap.error(f"--clip-timestamps must be comma-separated seconds, got {args.clip_timestamps!r}")
+    if any(t < 0 for t in clips) or any(b <= a for a, b in zip(clips[::2], clips[1::2])):
+        ap.error("--clip-timestamps: each clip's end must come after its start, and no time may be negative")
+    if args.mode == "batched" and clips not in ([], [0.0]):
+        ap.error("--clip-timestamps needs --mode sequential")
+    if args.carry_initial_prompt and args.initial_prompt is None:
+        ap.error("--carry-initial-prompt needs --initial-prompt")
     if not args.word_timestamps:
         for name in ("hallucination_silence_threshold", "highlight_words", "max_line_width", "max_line_count",
-                     "max_words_per_line"):
+                     "max_words_per_line", "prepend_punctuations", "append_punctuations"):
             if getattr(args, name):
                 ap.error(f"--{name.replace('_', '-')} needs --word-timestamps")
     elif args.mode == "batched" and args.hallucination_silence_threshold is not None:
@@ -80,6 +126,24 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
     return args
+
+
+def _boolean(text: str) -> bool:
+    """openai-whisper's CLI spelling of a boolean option: True or False."""
+    value = {"true": True, "false": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+    return value
+
+
+def _optional_float(text: str) -> float | None:
+    """A number, or ``none`` for no threshold (openai-whisper's CLI)."""
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or none, got {text!r}") from None
 
 
 def _temperatures(start: float, step: float) -> tuple[float, ...]:
@@ -174,6 +238,17 @@ def main(argv: list[str] | None = None) -> int:
         decode_options["beam_size"] = args.beam_size
     if args.best_of:
         decode_options["best_of"] = args.best_of
+    for name in ("patience", "length_penalty"):
+        if getattr(args, name) is not None:
+            decode_options[name] = getattr(args, name)
+    decode_options["suppress_tokens"] = args.suppress_tokens
+    transcribe_options = {
+        name: getattr(args, name) for name in (
+            "initial_prompt", "carry_initial_prompt", "condition_on_previous_text", "compression_ratio_threshold",
+            "logprob_threshold", "no_speech_threshold", "clip_timestamps")}
+    for name in ("prepend_punctuations", "append_punctuations"):
+        if getattr(args, name) is not None:
+            transcribe_options[name] = getattr(args, name)
     temperatures = _temperatures(args.temperature, args.temperature_increment_on_fallback)
     at_time_res = args.at_time_res if want_tags else None
     writer_options = {"top_k": args.top_k, "highlight_words": args.highlight_words,
@@ -199,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                                     batch_size=args.batch_size, at_time_res=at_time_res,
                                     word_timestamps=args.word_timestamps,
                                     hallucination_silence_threshold=args.hallucination_silence_threshold,
-                                    **decode_options)
+                                    **transcribe_options, **decode_options)
             writer(result, path, writer_options)
         except (AudioError, TranscribeError, ValueError, OSError) as e:
             failures += 1

@@ -112,3 +112,58 @@ def test_word_timestamps(files, tmp_path):
                          (["--word-timestamps", "--max-line-width", "0"], "--max-line-width must be >= 1")):
         p = run_infer(str(files / "one.wav"), *bad)
         assert p.returncode == 2 and message in p.stderr and "loaded in" not in p.stderr, (bad, p.stderr)
+
+
+def test_decoding_options(files, tmp_path, tiny_en):
+    """openai-whisper's CLI decoding options reach transcribe: the json equals the library's result with the same
+    options, in runs where the options change the transcript (a prompt and clips; beam search with suppressed
+    commas). Patience and the length penalty do not change this clip's beams; they travel in the same dict as
+    the beam size and the suppressed tokens, which do."""
+    from whisper_at_jax.transcribe import transcribe
+
+    path = str(files / "one.wav")
+    runs = [(["--initial-prompt", "Quick brown fox.", "--condition-on-previous-text", "False",
+              "--no-speech-threshold", "none", "--compression-ratio-threshold", "3", "--logprob-threshold", "none",
+              "--clip-timestamps", "1,9"],
+             dict(initial_prompt="Quick brown fox.", condition_on_previous_text=False, no_speech_threshold=None,
+                  compression_ratio_threshold=3.0, logprob_threshold=None, clip_timestamps="1,9")),
+            (["--beam-size", "2", "--patience", "2", "--length-penalty", "0.5", "--suppress-tokens=-1,11",
+              "--clip-timestamps", "0,6"],
+             dict(beam_size=2, patience=2.0, length_penalty=0.5, suppress_tokens="-1,11", clip_timestamps="0,6"))]
+    default = transcribe(tiny_en, path, temperature=(0.0,))
+    for i, (flags, options) in enumerate(runs):
+        out = tmp_path / str(i)
+        p = run_infer(path, *flags, "--temperature-increment-on-fallback", "0", "--no-tags", "-f", "json",
+                      "-o", str(out))
+        assert p.returncode == 0, p.stderr
+        got = json.loads((out / "one.json").read_text())
+        want = transcribe(tiny_en, path, temperature=(0.0,), **options)
+        assert [s["tokens"] for s in got["segments"]] == [s["tokens"] for s in want["segments"]]
+        assert [(s["start"], s["end"]) for s in got["segments"]] == [(s["start"], s["end"]) for s in want["segments"]]
+        assert [s["tokens"] for s in want["segments"]] != [s["tokens"] for s in default["segments"]]
+        assert all(s["start"] >= float(options["clip_timestamps"].split(",")[0]) for s in got["segments"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--patience", "2"], "--patience needs --beam-size"),
+    (["--beam-size", "2", "--patience", "0.1"], "--patience times --beam-size must be >= 1"),
+    (["--length-penalty", "2"], "--length-penalty must be in [0, 1]"),
+    (["--suppress-tokens", "1,a"], "--suppress-tokens must be comma-separated integers"),
+    (["--clip-timestamps", "5,3"], "each clip's end must come after its start"),
+    (["--clip-timestamps", "x"], "--clip-timestamps must be comma-separated seconds"),
+    (["--clip-timestamps", "2", "--mode", "batched"], "--clip-timestamps needs --mode sequential"),
+    (["--carry-initial-prompt"], "--carry-initial-prompt needs --initial-prompt"),
+    (["--append-punctuations", "."], "--append-punctuations needs --word-timestamps"),
+    (["--condition-on-previous-text", "maybe"], "expected True or False"),
+    (["--no-speech-threshold", "high"], "expected a number or none"),
+])
+def test_bad_decoding_options_are_refused(flags, message, capsys):
+    """Refused by the parser with exit status 2, before any model loads."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("infer_cli", ROOT / "scripts" / "infer.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    with pytest.raises(SystemExit) as e:
+        cli._parse_args(["a.wav", *flags])
+    assert e.value.code == 2 and message in capsys.readouterr().err
