@@ -41,8 +41,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--length-penalty", type=float, default=None,
                     help="length penalty alpha in [0, 1] (default: rank by the mean log probability)")
     ap.add_argument("--suppress-tokens", default="-1",
-                    help="comma-separated token ids to suppress; -1: the non-speech symbols (openai-whisper's default); "
-                         "a list that starts with -1 is written --suppress-tokens=-1,ID")
+                    help="comma-separated token ids to suppress; -1: the non-speech symbols (openai-whisper's "
+                         "default); a list that starts with -1 is written --suppress-tokens=-1,ID")
     ap.add_argument("--initial-prompt", default=None, help="text to condition the first window on")
     ap.add_argument("--carry-initial-prompt", action="store_true",
                     help="put --initial-prompt before every window's previous text (sequential mode)")
@@ -55,7 +55,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-speech-threshold", type=_optional_float, default=0.6, metavar="X|none",
                     help="a window is silent above this no-speech probability (with --logprob-threshold)")
     ap.add_argument("--clip-timestamps", default="0",
-                    help="start,end,start,end,... seconds to transcribe (sequential mode; a last start runs to the end)")
+                    help="start,end,start,end,... seconds to transcribe (sequential mode; a last start runs to "
+                         "the end)")
     ap.add_argument("--mode", default="sequential", choices=["sequential", "batched"])
     ap.add_argument("--word-timestamps", action="store_true",
                     help="word-level timestamps (in the json output's segments; srt/vtt cues from words)")
@@ -72,7 +73,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--prepend-punctuations", default=None,
                     help="with --word-timestamps: punctuation merged into the next word (default: openai-whisper's)")
     ap.add_argument("--append-punctuations", default=None,
-                    help="with --word-timestamps: punctuation merged into the previous word (default: openai-whisper's)")
+                    help="with --word-timestamps: punctuation merged into the previous word "
+                         "(default: openai-whisper's)")
     ap.add_argument("--batch-size", type=int, default=8, help="windows per batch (batched mode, tagging)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
     ap.add_argument("--output-dir", "-o", default=".", help="where output files go")
