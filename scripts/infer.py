@@ -107,12 +107,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         [int(t) for t in args.suppress_tokens.split(",") if t.strip()]
     except ValueError:
         ap.error(f"--suppress-tokens must be comma-separated integers, got {args.suppress_tokens!r}")
+    from whisper_at_jax.transcribe import TranscribeError, parse_clip_timestamps
+
     try:
-        clips = [float(t) for t in args.clip_timestamps.split(",") if t.strip()]
-    except ValueError:
-        ap.error(f"--clip-timestamps must be comma-separated seconds, got {args.clip_timestamps!r}")
-    if any(t < 0 for t in clips) or any(b <= a for a, b in zip(clips[::2], clips[1::2])):
-        ap.error("--clip-timestamps: each clip's end must come after its start, and no time may be negative")
+        clips = parse_clip_timestamps(args.clip_timestamps)
+    except TranscribeError as e:
+        ap.error(f"--clip-timestamps: {e}")
     if args.mode == "batched" and clips not in ([], [0.0]):
         ap.error("--clip-timestamps needs --mode sequential")
     if args.carry_initial_prompt and args.initial_prompt is None:

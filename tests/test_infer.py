@@ -150,7 +150,7 @@ def test_decoding_options(files, tmp_path, tiny_en):
     (["--length-penalty", "2"], "--length-penalty must be in [0, 1]"),
     (["--suppress-tokens", "1,a"], "--suppress-tokens must be comma-separated integers"),
     (["--clip-timestamps", "5,3"], "each clip's end must come after its start"),
-    (["--clip-timestamps", "x"], "--clip-timestamps must be comma-separated seconds"),
+    (["--clip-timestamps", "x"], "--clip-timestamps: clip_timestamps must be comma-separated seconds"),
     (["--clip-timestamps", "2", "--mode", "batched"], "--clip-timestamps needs --mode sequential"),
     (["--carry-initial-prompt"], "--carry-initial-prompt needs --initial-prompt"),
     (["--append-punctuations", "."], "--append-punctuations needs --word-timestamps"),

@@ -603,3 +603,18 @@ def test_batched_over_two_devices_equals_one(at_pair, tag_audio, tmp_path):
     assert two["segments"] == [[s["start"], s["end"], s["tokens"]] for s in one["segments"]]
     assert np.abs(np.asarray(two["audio_tag"]) - one["audio_tag"]).max() < 1e-5
     assert np.abs(np.asarray(two["tag"]) - tag(ours, tag_audio, at_time_res=2, batch_size=2)["audio_tag"]).max() < 1e-5
+
+
+def test_parse_clip_timestamps():
+    """clip_timestamps as openai-whisper takes them (a string or numbers); nonsense is a TranscribeError naming
+    the option, raised before any audio is read."""
+    from whisper_at_jax.transcribe import TranscribeError, parse_clip_timestamps, transcribe
+
+    assert parse_clip_timestamps("0") == [0.0] and parse_clip_timestamps("") == []
+    assert parse_clip_timestamps("1.5, 9,12") == [1.5, 9.0, 12.0] and parse_clip_timestamps((2, 4)) == [2.0, 4.0]
+    for bad, message in (("1,x", "comma-separated seconds"), ("5,3", "end must come after"),
+                         ([-1.0], "no time may be negative"), ("nan", "no time may be negative")):
+        with pytest.raises(TranscribeError, match=message):
+            parse_clip_timestamps(bad)
+    with pytest.raises(TranscribeError, match="clip_timestamps"):
+        transcribe(None, "/nonexistent.wav", clip_timestamps="4,2")

@@ -194,6 +194,24 @@ def _require_head(model: Any) -> None:
                               "to get sound tags")
 
 
+def parse_clip_timestamps(clip_timestamps: str | Sequence[float]) -> list[float]:
+    """``"start,end,start,end,..."`` (seconds; a last start runs to the end) or a sequence of numbers -> floats.
+
+    Raises:
+        TranscribeError: a value that is not a number, a negative time, or a clip whose end is not after its start.
+    """
+    items = ([t for t in clip_timestamps.split(",") if t.strip()] if isinstance(clip_timestamps, str)
+             else list(clip_timestamps))
+    try:
+        times = [float(t) for t in items]
+    except (TypeError, ValueError):
+        raise TranscribeError(f"clip_timestamps must be comma-separated seconds, got {clip_timestamps!r}") from None
+    if any(not t >= 0 for t in times) or any(end <= start for start, end in zip(times[::2], times[1::2])):
+        raise TranscribeError(f"clip_timestamps {clip_timestamps!r}: each clip's end must come after its start, "
+                              "and no time may be negative")
+    return times
+
+
 def _check_decode_options(decode_options: dict) -> None:
     for name in _WRITER_OPTIONS:
         decode_options.pop(name, None)
@@ -467,7 +485,8 @@ def transcribe(model: Any, audio: Any, *, verbose: bool | None = None,
     """
     if mode not in ("sequential", "batched"):
         raise TranscribeError(f"mode must be 'sequential' or 'batched', got {mode!r}")
-    if mode == "batched" and clip_timestamps not in ("0", [0], (0,), [0.0], (0.0,)):
+    clip_timestamps = parse_clip_timestamps(clip_timestamps)
+    if mode == "batched" and clip_timestamps not in ([], [0.0]):
         raise TranscribeError("clip_timestamps is only supported in sequential mode")
     if hallucination_silence_threshold is not None and not word_timestamps:
         raise TranscribeError("hallucination_silence_threshold needs word_timestamps=True")
@@ -566,8 +585,6 @@ def _sequential(model: Any, mel: np.ndarray, content_frames: int, *, verbose, te
     task = decode_options.get("task", "transcribe")
     tokenizer = _tokenizer(model, language, task)
 
-    if isinstance(clip_timestamps, str):
-        clip_timestamps = [float(ts) for ts in (clip_timestamps.split(",") if clip_timestamps else [])]
     seek_points = [round(ts * FRAMES_PER_SECOND) for ts in clip_timestamps]
     if len(seek_points) == 0:
         seek_points.append(0)
