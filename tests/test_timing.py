@@ -178,13 +178,19 @@ def test_batched_word_timestamps_equal_openai_whispers_on_each_window(tiny_en, t
     _assert_same_words(dict(plain, segments=ref_segments), ours)
 
 
-def test_one_aligner_program_per_token_bucket(tiny_en, speech):
-    """Windows of any length share the compiled forced pass (batched mode cuts every window to its own length)."""
+@pytest.fixture(scope="module")
+def speech_window(tiny_en, speech):
+    """tiny.en's tokenizer and the encoder states of the speech sample's first window."""
     import whisper_at_jax as wat
     from whisper_at_jax.tokenizer import get_tokenizer
 
     tok = get_tokenizer(tiny_en.tokenizer_file, multilingual=False)
-    features = tiny_en.encode(np.asarray(wat.log_mel_spectrogram(speech, padding=480000))[None, :, :3000])
+    return tok, tiny_en.encode(np.asarray(wat.log_mel_spectrogram(speech, padding=480000))[None, :, :3000])
+
+
+def test_one_aligner_program_per_token_bucket(tiny_en, speech_window):
+    """Windows of any length share the compiled forced pass (batched mode cuts every window to its own length)."""
+    tok, features = speech_window
     text = tok.encode(" The quick brown fox jumps over the lazy dog.")
     aligner = timing._aligner(tiny_en)
     words = timing.find_alignment(tiny_en, tok, text, features, 2999)
@@ -194,17 +200,13 @@ def test_one_aligner_program_per_token_bucket(tiny_en, speech):
     assert aligner._cache_size() == before
 
 
-def test_accelerator_forced_length_gives_the_same_words(tiny_en, speech, monkeypatch):
+def test_accelerator_forced_length_gives_the_same_words(tiny_en, speech_window, monkeypatch):
     """Off the CPU every window's forced pass is padded to 256 tokens (one program; compiling dominates there): the
     padding must not change any word, time or probability. Run on this CPU by reporting another platform."""
-    import whisper_at_jax as wat
-    from whisper_at_jax.tokenizer import get_tokenizer
-
     assert timing._forced_length(7, 448, "cpu") == 32 and timing._forced_length(40, 448, "cpu") == 64
     assert timing._forced_length(7, 448, "gpu") == 256 and timing._forced_length(229, 448, "tpu") == 256
     assert timing._forced_length(300, 448, "gpu") == 320 and timing._forced_length(440, 448, "gpu") == 448
-    tok = get_tokenizer(tiny_en.tokenizer_file, multilingual=False)
-    features = tiny_en.encode(np.asarray(wat.log_mel_spectrogram(speech, padding=480000))[None, :, :3000])
+    tok, features = speech_window
     texts = [tok.encode(" The quick brown fox jumps over the lazy dog."),
              tok.encode(" And so, my fellow Americans, ask not what your country can do for you; ask what you can"
                         " do for your country. The quick brown fox jumps over the lazy dog, again and again.")]
