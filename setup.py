@@ -24,6 +24,9 @@ setup(
     extras_require={
         # TFRecord writing/reading for head training.
         "train": ["tensorflow-cpu>=2.16", "tensorflow-datasets>=4.9", "tensorboardX", "scikit-learn"],
+        # Deviceless TPU compilation (whisper_at_jax.tpu, scripts/train.py --compile_only) and runs on Cloud TPU:
+        # libtpu matching the jax release this package pins.
+        "tpu": ["jax[tpu]==0.10.2"],
         # Reference implementations: test-only. openai-whisper and whisper-at are installed with --no-deps
         # (see README): their metadata pins triton / old tiktoken.
         "test": [
@@ -44,6 +47,7 @@ setup(
             "tensorflow-cpu>=2.16",
             "tensorflow-datasets>=4.9",
             "tensorboardX",
+            "jax[tpu]==0.10.2",  # the tpu extra: tests/test_tpu.py compiles for TPU slices on the CPU
         ],
     },
 )

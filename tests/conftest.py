@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("XLA_FLAGS", "")
+# The suite runs on the CPU even where libtpu (the tpu extra) is installed; tests/test_tpu.py compiles for TPUs
+# without one (deviceless), which needs no TPU backend.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DATA = Path(__file__).resolve().parent / "data"
 
