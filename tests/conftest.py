@@ -18,6 +18,8 @@ DATA = Path(__file__).resolve().parent / "data"
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running test (still part of CI)")
+    config.addinivalue_line("markers", "isa_sensitive: fp32 parity bounds that move with the CPU's instruction set "
+                                       "(CI runs them natively and again capped at AVX2: .ci/run)")
 
 
 @pytest.fixture(scope="session")

@@ -250,6 +250,7 @@ def real_taps(request, speech):
     return taps, ref_taps.numpy()
 
 
+@pytest.mark.isa_sensitive
 def test_pool_taps_match_whisper_at_encoder_on_real_audio(real_taps):
     taps, ref = real_taps
     assert taps.shape == (1, N_LAYERS, 75, WIDTH) and ref.shape == (N_LAYERS, 75, WIDTH)
@@ -259,6 +260,7 @@ def test_pool_taps_match_whisper_at_encoder_on_real_audio(real_taps):
         assert err <= 2e-5 * np.abs(ref[layer]).max(), f"layer {layer}: {err:.3g}"
 
 
+@pytest.mark.isa_sensitive
 @pytest.mark.parametrize("mode", MODES)
 def test_head_parity_real_taps(mode, real_taps, tmp_path_factory):
     """The same head on the same real tiny.en taps (ours), in whisper-at's 10-s segments of a 30-s window."""
