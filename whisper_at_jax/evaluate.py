@@ -1,11 +1,9 @@
-"""Tagging metrics in numpy: mAP, mean AUC, d-prime (multi-label) and accuracy (single-label).
+"""Tagging metrics: mAP, mean AUC, d-prime (multi-label) and accuracy (single-label).
 
-Definitions follow the Whisper-AT / AST evaluation (``utilities/stats.py``): per-class average precision as
-scikit-learn's ``average_precision_score`` (step-wise precision-recall area, no interpolation, tied scores
-handled as one threshold), per-class ROC AUC (trapezoidal = Mann-Whitney with mid-ranks), d' = sqrt(2) *
-Phi^-1(AUC). One difference, stated in the output: classes with no positive example in the evaluation set have no
-AP/AUC and are left out of the macro means (the reference averages them in as sklearn's degenerate values);
-``n_classes_without_positives`` says how many there were.
+Per-class AP and ROC AUC are scikit-learn's ``average_precision_score`` / ``roc_auc_score``, as the Whisper-AT /
+AST evaluation (``utilities/stats.py``) computes them; d' = sqrt(2) * Phi^-1(AUC). One difference, stated in the
+output: classes with no positive example in the evaluation set have no AP/AUC and are left out of the macro means
+(the reference averages them in as sklearn's degenerate values); ``n_classes_without_positives`` says how many.
 """
 
 from __future__ import annotations
@@ -14,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from scipy.special import ndtri
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 
 def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -29,40 +28,15 @@ def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def average_precision(y_true: np.ndarray, score: np.ndarray) -> float:
-    """AP of one class (binary ``y_true``; NaN when there is no positive), equal to sklearn's."""
+    """AP of one class (binary ``y_true``), sklearn's; NaN when there is no positive."""
     y = np.asarray(y_true) > 0.5
-    n_pos = int(y.sum())
-    if n_pos == 0:
-        return float("nan")
-    order = np.argsort(-np.asarray(score, np.float64), kind="mergesort")
-    s, y = np.asarray(score, np.float64)[order], y[order]
-    # Last index of each run of equal scores = one threshold.
-    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]
-    tp = np.cumsum(y)[last]
-    precision = tp / (last + 1)
-    recall = tp / n_pos
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
-def _midranks(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    ranks = np.empty(x.size, np.float64)
-    # Runs of ties share the mean of their 1-based positions.
-    starts = np.r_[0, np.nonzero(np.diff(xs))[0] + 1]
-    ends = np.r_[starts[1:], xs.size]
-    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
-    return ranks
+    return float(average_precision_score(y, score)) if y.any() else float("nan")
 
 
 def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC of one class (NaN without both positives and negatives), equal to sklearn's ``roc_auc_score``."""
+    """ROC AUC of one class, sklearn's; NaN without both positives and negatives."""
     y = np.asarray(y_true) > 0.5
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    r = _midranks(np.asarray(score, np.float64))
-    return float((r[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return float(roc_auc_score(y, score)) if 0 < y.sum() < y.size else float("nan")
 
 
 def d_prime(auc: float | np.ndarray) -> float | np.ndarray:
