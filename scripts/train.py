@@ -7,6 +7,7 @@
 Multi-host: start one process per host with the same command (``jax.distributed.initialize()`` picks up Cloud TPU /
 Slurm / Kubernetes when WAT_DISTRIBUTED=1), or give ``--coordinator_address host:port --num_processes N
 --process_id I``. Re-running the same command in the same workdir resumes from its latest checkpoint.
+On SIGTERM (preemption) every host saves a checkpoint at one agreed step and exits with status 75.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def main(argv):
     parallel.maybe_initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
     from whisper_at_jax.convert import CheckpointError
     from whisper_at_jax.data import DataError
-    from whisper_at_jax.train import TrainError, train
+    from whisper_at_jax.train import EXIT_PREEMPTED, Preempted, TrainError, train
 
     config = _CONFIG.value
     if config is None:
@@ -50,6 +51,9 @@ def main(argv):
     except (TrainError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Preempted as e:  # a complete checkpoint is saved: re-running the same command resumes there
+        print(str(e), file=sys.stderr)
+        return EXIT_PREEMPTED
     summary = {k: v for k, v in result.items() if k not in ("head_params",)}
     print(summary)
     return 0

@@ -31,6 +31,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -58,6 +59,18 @@ SAMPLE_RATE = 16000
 
 class TrainError(ValueError):
     """A bad training configuration or input (names the config key or file)."""
+
+
+#: ``scripts/train.py``'s exit status after a preemption checkpoint (sysexits' EX_TEMPFAIL: "retry later").
+EXIT_PREEMPTED = 75
+
+
+class Preempted(Exception):
+    """The run stopped on a preemption notice after saving a complete checkpoint at ``step`` (resumable there)."""
+
+    def __init__(self, step: int, checkpoint: Path):
+        super().__init__(f"preempted, resumable at step {step} (checkpoint {checkpoint})")
+        self.step, self.checkpoint = int(step), checkpoint
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -675,6 +688,46 @@ def evaluate(steps: Steps, params: PyTree, batches: Iterator[dict], kind: str, m
     return compute_metrics(np.concatenate(outs)[keep], np.concatenate(labels)[keep], multilabel=multilabel)
 
 
+class PreemptionWatch:
+    """Whether the run should stop at step ``n`` for a preemption notice.
+
+    With the JAX distributed client, JAX's preemption service (which catches SIGTERM, and Cloud TPU's maintenance
+    notice) propagates a notice on any host to all of them and ``reached_preemption_sync_point`` names one step that
+    every host reaches; it must be asked at every step. A single process catches SIGTERM itself; the handler is
+    one-shot, so a second SIGTERM kills the process the default way (an unfinished Orbax save is a temporary
+    directory that is never mistaken for a checkpoint).
+    """
+
+    def __init__(self) -> None:
+        from jax._src import distributed
+
+        self.distributed = distributed.global_state.client is not None
+        self.flag = False
+        self.previous = None
+        if not self.distributed and hasattr(signal, "SIGTERM"):
+            try:
+                self.previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+            except ValueError:  # not the main thread: no handler, no preemption checkpoints
+                self.previous = None
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self.flag = True
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        logger.warning("SIGTERM: saving a checkpoint after this step (a second SIGTERM kills the run)")
+
+    def reached(self, step: int) -> bool:
+        if self.distributed:
+            from jax.experimental import multihost_utils
+
+            return bool(multihost_utils.reached_preemption_sync_point(int(step)))
+        return self.flag
+
+    def close(self) -> None:
+        if self.previous is not None and not self.flag:
+            signal.signal(signal.SIGTERM, self.previous)
+        self.previous = None
+
+
 def _checkpoint_manager(workdir: Path, config: ml_collections.ConfigDict):
     import orbax.checkpoint as ocp
 
@@ -707,6 +760,21 @@ def _save(mngr: Any, state: dict, step: int, data_state: list[dict], force: bool
     mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=ocp.args.JsonSave({"batches_consumed": int(step), "hosts": data_state})), force=force)
+
+
+def _save_preemption(mngr: Any, state: dict, step: int, batches: Any, workdir: Path) -> None:
+    """Save (unless this step's periodic save is already under way) and wait until it is final, then raise
+    :class:`Preempted`."""
+    if mngr is None:
+        logger.error("preempted at step %d with checkpoints off (checkpoint.every_steps=0): nothing saved", step)
+        raise TrainError(f"preempted at step {step}; checkpoint.every_steps=0, so the run is not resumable")
+    if mngr.latest_step() != step:
+        _save(mngr, state, step, _host_states(batches), force=True)
+    mngr.wait_until_finished()
+    mngr.close()
+    path = Path(mngr.directory) / str(step)
+    logger.warning("preempted, resumable at step %d (%s)", step, path)
+    raise Preempted(step, path)
 
 
 def _restore(mngr: Any, abstract: dict, state_sh: Any) -> tuple[dict, int, dict] | None:
@@ -869,6 +937,7 @@ def train(config: ml_collections.ConfigDict, *, train_source: ExampleSource | No
 
         bar = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True)
     t0, n0 = time.perf_counter(), start
+    watch = PreemptionWatch()
     try:
         for step in range(start, total_steps):
             ids, rows = next(batches)
@@ -912,9 +981,12 @@ def train(config: ml_collections.ConfigDict, *, train_source: ExampleSource | No
                     t0, n0 = time.perf_counter(), done  # eval time is not training throughput
             if mngr is not None and (done % int(config.checkpoint.every_steps) == 0 or done == total_steps):
                 _save(mngr, state, done, _host_states(batches), force=done == total_steps)
+            if done < total_steps and watch.reached(done):
+                _save_preemption(mngr, state, done, batches, workdir)
         if mngr is not None:
             mngr.wait_until_finished()
     finally:
+        watch.close()
         if bar is not None:
             bar.close()
         if ids_log is not None:

@@ -1,0 +1,121 @@
+"""Preemption: SIGTERM mid-run saves a checkpoint at the step every host agrees on, exits with
+``train.EXIT_PREEMPTED``, and the re-run resumes there to the uninterrupted run's final head, bit for bit; with one
+process and with two (gloo), where only one process is signalled. The run is frozen with SIGSTOP while the test
+reads its step, so no sleep hook is needed in the trainer."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_train import _final, _free_port, _train_cmd, compile_cache, random_features, sub_env  # noqa: F401
+
+from whisper_at_jax.train import EXIT_PREEMPTED
+
+EXTRA = ("--config.steps_per_epoch=40", "--config.epochs=4", "--config.checkpoint.every_steps=25",
+         "--config.log_example_ids=True")
+TOTAL = 160
+
+
+def _last_step(workdir: Path) -> int:
+    log = workdir / "examples.jsonl"
+    if not log.exists():
+        return 0
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines() if line.strip().endswith("}")]
+    return max(steps, default=0)
+
+
+def _stop_after(procs: list[subprocess.Popen], workdir: Path, step: int) -> int:
+    """SIGSTOP every process once the run has logged ``step``; returns the last logged step."""
+    deadline = time.time() + 300
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        if _last_step(workdir) >= step:
+            for p in procs:
+                os.kill(p.pid, signal.SIGSTOP)
+            return _last_step(workdir)
+        time.sleep(0.002)
+    pytest.fail("the run ended before it could be stopped mid-way")
+
+
+def _ckpt_steps(workdir: Path) -> list[int]:
+    return sorted(int(p.name) for p in (workdir / "ckpt").iterdir() if p.name.isdigit())
+
+
+def _check_preempted(err: str, workdir: Path, seen: int) -> int:
+    m = re.search(r"preempted, resumable at step (\d+)", err)
+    assert m, err[-3000:]
+    n = int(m.group(1))
+    assert seen <= n < TOTAL  # not a step the run had not reached, not the end
+    assert _ckpt_steps(workdir)[-1] == n, (_ckpt_steps(workdir), n)  # the newest checkpoint is the agreed step
+    assert not (workdir / "final_head.npz").exists()
+    return n
+
+
+def test_sigterm_saves_and_resumes_exactly(random_features, compile_cache, tmp_path):
+    env = sub_env(compile_cache, 1)
+    full = subprocess.run(_train_cmd(random_features, tmp_path / "full", *EXTRA), env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    work = tmp_path / "pre"
+    p = subprocess.Popen(_train_cmd(random_features, work, *EXTRA), env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    seen = _stop_after([p], work, 30)
+    os.kill(p.pid, signal.SIGTERM)
+    os.kill(p.pid, signal.SIGCONT)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == EXIT_PREEMPTED, err[-3000:]
+    n = _check_preempted(err, work, seen)
+    print(f"SIGTERM after step {seen}: checkpoint at step {n}, checkpoints {_ckpt_steps(work)}")
+
+    resumed = subprocess.run(_train_cmd(random_features, work, *EXTRA), env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((work / "result.json").read_text())["start_step"] == n
+    a, b = _final(tmp_path / "full"), _final(work)
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
+def _two(features: Path, workdir: Path, env: dict) -> list[subprocess.Popen]:
+    port = _free_port()
+    return [subprocess.Popen(_train_cmd(features, workdir, *EXTRA, f"--coordinator_address=127.0.0.1:{port}",
+                                        "--num_processes=2", f"--process_id={i}"),
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for i in range(2)]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes(random_features, compile_cache, tmp_path):
+    env = sub_env(compile_cache, 2)
+    procs = _two(random_features, tmp_path / "full", env)
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-2000:] for e in errs]
+
+    work = tmp_path / "pre"
+    procs = _two(random_features, work, env)
+    seen = _stop_after(procs, work, 30)
+    os.kill(procs[1].pid, signal.SIGTERM)  # only the second host gets the notice
+    for p in procs:
+        os.kill(p.pid, signal.SIGCONT)
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [EXIT_PREEMPTED] * 2, [e[-2000:] for e in errs]
+    steps = {_check_preempted(e, work, seen) for e in errs}
+    assert len(steps) == 1, steps  # both hosts name the same step
+    print(f"2 processes, SIGTERM to process 1 after step {seen}: checkpoint at step {steps}")
+
+    procs = _two(random_features, work, env)
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-2000:] for e in errs]
+    assert json.loads((work / "result.json").read_text())["start_step"] == steps.pop()
+    a, b = _final(tmp_path / "full"), _final(work)
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
