@@ -737,7 +737,11 @@ def _checkpoint_manager(workdir: Path, config: ml_collections.ConfigDict):
         preservation_policy=ocp.checkpoint_managers.LatestN(int(c.keep)),
         enable_async_checkpointing=bool(c.get("async_save", True)),
     )
-    return ocp.CheckpointManager((workdir / "ckpt").absolute(), options=opts)
+    root = (workdir / "ckpt").absolute()
+    try:
+        return ocp.CheckpointManager(root, options=opts)
+    except OSError as e:
+        raise TrainError(f"checkpoint folder {root} cannot be opened: {e}") from e
 
 
 def _host_states(it: Any) -> list[dict]:
@@ -754,22 +758,23 @@ def _host_states(it: Any) -> list[dict]:
     return [dict(zip(keys, map(int, r))) for r in rows]
 
 
-def _save(mngr: Any, state: dict, step: int, data_state: list[dict], force: bool = False) -> None:
+def _save(mngr: Any, state: dict, step: int, data_state: list[dict], run: Mapping[str, Any],
+          force: bool = False) -> None:
     import orbax.checkpoint as ocp
 
     mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave({"batches_consumed": int(step), "hosts": data_state})), force=force)
+        data=ocp.args.JsonSave({"batches_consumed": int(step), "hosts": data_state, "run": dict(run)})), force=force)
 
 
-def _save_preemption(mngr: Any, state: dict, step: int, batches: Any, workdir: Path) -> None:
+def _save_preemption(mngr: Any, state: dict, step: int, batches: Any, run: Mapping[str, Any]) -> None:
     """Save (unless this step's periodic save is already under way) and wait until it is final, then raise
     :class:`Preempted`."""
     if mngr is None:
         logger.error("preempted at step %d with checkpoints off (checkpoint.every_steps=0): nothing saved", step)
         raise TrainError(f"preempted at step {step}; checkpoint.every_steps=0, so the run is not resumable")
     if mngr.latest_step() != step:
-        _save(mngr, state, step, _host_states(batches), force=True)
+        _save(mngr, state, step, _host_states(batches), run, force=True)
     mngr.wait_until_finished()
     mngr.close()
     path = Path(mngr.directory) / str(step)
@@ -777,20 +782,93 @@ def _save_preemption(mngr: Any, state: dict, step: int, batches: Any, workdir: P
     raise Preempted(step, path)
 
 
-def _restore(mngr: Any, abstract: dict, state_sh: Any) -> tuple[dict, int, dict] | None:
+#: Orbax's marker of a finalized step directory (written last, after every item's own marker).
+COMMIT_MARKER = "commit_success.txt"
+
+
+def _step_problem(step_dir: Path) -> str | None:
+    """Why a step directory is not a complete checkpoint, or None (the full check is reading it)."""
+    if not (step_dir / COMMIT_MARKER).is_file():
+        return f"it has no {COMMIT_MARKER} (a save that never finished)"
+    for item in ("state", "data"):
+        if not (step_dir / item / COMMIT_MARKER).is_file():
+            return f"its {item!r} item has no {COMMIT_MARKER}"
+    return None
+
+
+def _restore(mngr: Any, abstract: dict, state_sh: Any, run: Mapping[str, Any]
+             ) -> tuple[tuple[dict, int, dict] | None, list[Path]]:
+    """The newest intact checkpoint: broken ones (unfinished, a file missing or truncated) are skipped with a
+    warning naming them; a checkpoint of another run (head mode, classes, taps shape) is a :class:`TrainError`, and
+    so is a folder whose checkpoints are all broken (never a silent start from step 0). Returns (state, step, data)
+    or None, and the broken step directories."""
     import orbax.checkpoint as ocp
 
-    step = mngr.latest_step()
-    if step is None:
-        return None
+    root = Path(mngr.directory)
+    try:
+        names = [p.name for p in root.iterdir()]
+    except OSError as e:
+        raise TrainError(f"checkpoint folder {root} is unreadable: {e}") from e
+    finished = set(int(s) for s in mngr.all_steps())
+    for name in names:
+        if ".orbax-checkpoint-tmp" in name:
+            logger.warning("checkpoint folder %s: ignoring %s, a save that never finished", root, name)
+    candidates = sorted(finished | {int(n) for n in names if n.isdigit()}, reverse=True)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
-    out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                                     data=ocp.args.JsonRestore()))
-    data = dict(out["data"])
-    if int(data["batches_consumed"]) != int(out["state"]["step"]):
-        raise TrainError(f"checkpoint {step}: data position {data['batches_consumed']} and step "
-                         f"{int(out['state']['step'])} disagree")
-    return out["state"], int(step), data
+    skipped = []
+    for step in candidates:
+        step_dir = root / str(step)
+        why = _step_problem(step_dir)
+        if why is None:
+            try:
+                data = dict(mngr.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"])
+            except Exception as e:  # noqa: BLE001 - any read failure means this step is broken
+                why = f"its data item is unreadable ({type(e).__name__}: {str(e)[:200]})"
+        if why is None:
+            saved = data.get("run")
+            if saved is not None and dict(saved) != dict(run):
+                diff = {k: (saved.get(k), run.get(k)) for k in set(saved) | set(run) if saved.get(k) != run.get(k)}
+                raise TrainError(f"checkpoint {step_dir} is of another run: " + ", ".join(
+                    f"{k} {a!r} there, {b!r} in this config" for k, (a, b) in sorted(diff.items())) +
+                    " (use another workdir, or the config it was trained with)")
+            try:
+                state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+            except Exception as e:  # noqa: BLE001
+                why = f"its state is unreadable ({type(e).__name__}: {str(e)[:200]})"
+        if why is not None:
+            logger.warning("skipping checkpoint %s: %s", step_dir, why)
+            skipped.append((step_dir, why))
+            continue
+        if int(data["batches_consumed"]) != int(state["step"]):
+            raise TrainError(f"checkpoint {step_dir}: data position {data['batches_consumed']} and step "
+                             f"{int(state['step'])} disagree")
+        if skipped:
+            logger.warning("resuming from checkpoint %d, the newest intact one", step)
+        return (state, int(step), data), [d for d, _ in skipped]
+    if skipped:
+        raise TrainError(f"checkpoint folder {root} holds checkpoints but none is intact; not starting from step 0 "
+                         "(move the folder away to start afresh): " + "; ".join(f"{d}: {w}" for d, w in skipped))
+    return None, []
+
+
+def _set_aside(mngr: Any, broken: Sequence[Path]) -> None:
+    """Rename broken step directories to ``<step>.broken`` (kept for inspection) so new saves can take their
+    steps; process 0 renames, every host waits for it, then the manager re-reads the folder."""
+    if not broken:
+        return
+    if jax.process_index() == 0:
+        for d in broken:
+            dest = d.with_name(d.name + ".broken")
+            k = 1
+            while dest.exists():
+                dest, k = d.with_name(f"{d.name}.broken{k}"), k + 1
+            os.replace(d, dest)
+            logger.warning("moved the broken checkpoint %s to %s", d, dest)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("whisper_at_jax: broken checkpoints set aside")
+    mngr.reload()
 
 
 def label_rows(labels: Sequence[str], n_classes: int) -> list[list[Any]]:
@@ -891,7 +969,10 @@ def train(config: ml_collections.ConfigDict, *, train_source: ExampleSource | No
 
     # --- checkpoint resume --------------------------------------------------------------------------------------
     mngr = _checkpoint_manager(workdir, config) if int(config.checkpoint.every_steps) > 0 else None
-    restored = _restore(mngr, jax.eval_shape(steps.init), steps.state_sharding) if mngr is not None else None
+    run_id = {"head_mode": str(config.head.mode), "n_classes": int(n_classes), "taps_shape": list(taps_shape[1:])}
+    restored, broken = (_restore(mngr, jax.eval_shape(steps.init), steps.state_sharding, run_id)
+                        if mngr is not None else (None, []))
+    _set_aside(mngr, broken)
     host_state = None
     if restored is not None:
         state, start, data_state = restored
@@ -980,9 +1061,9 @@ def train(config: ml_collections.ConfigDict, *, train_source: ExampleSource | No
                     result["eval"] = met
                     t0, n0 = time.perf_counter(), done  # eval time is not training throughput
             if mngr is not None and (done % int(config.checkpoint.every_steps) == 0 or done == total_steps):
-                _save(mngr, state, done, _host_states(batches), force=done == total_steps)
+                _save(mngr, state, done, _host_states(batches), run_id, force=done == total_steps)
             if done < total_steps and watch.reached(done):
-                _save_preemption(mngr, state, done, batches, workdir)
+                _save_preemption(mngr, state, done, batches, run_id)
         if mngr is not None:
             mngr.wait_until_finished()
     finally:
