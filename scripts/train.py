@@ -37,13 +37,14 @@ def main(argv):
     logging.getLogger("whisper_at_jax").setLevel(logging.INFO)
     from whisper_at_jax import parallel
 
+    config = _CONFIG.value
     # Before anything touches a device.
-    parallel.maybe_initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
+    parallel.maybe_initialize_distributed(_COORD.value, _NPROC.value, _PID.value,
+                                          heartbeat_timeout_s=config.get("heartbeat_timeout_s") if config else None)
     from whisper_at_jax.convert import CheckpointError
     from whisper_at_jax.data import DataError
     from whisper_at_jax.train import EXIT_PREEMPTED, Preempted, TrainError, train
 
-    config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config is required")
     try:

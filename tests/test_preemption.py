@@ -85,9 +85,9 @@ def test_sigterm_saves_and_resumes_exactly(random_features, compile_cache, tmp_p
         assert np.array_equal(a[k], b[k]), k
 
 
-def _two(features: Path, workdir: Path, env: dict) -> list[subprocess.Popen]:
+def _two(features: Path, workdir: Path, env: dict, *extra: str) -> list[subprocess.Popen]:
     port = _free_port()
-    return [subprocess.Popen(_train_cmd(features, workdir, *EXTRA, f"--coordinator_address=127.0.0.1:{port}",
+    return [subprocess.Popen(_train_cmd(features, workdir, *EXTRA, *extra, f"--coordinator_address=127.0.0.1:{port}",
                                         "--num_processes=2", f"--process_id={i}"),
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             for i in range(2)]
@@ -119,3 +119,24 @@ def test_sigterm_to_one_of_two_processes(random_features, compile_cache, tmp_pat
     a, b = _final(tmp_path / "full"), _final(work)
     for k in a:
         assert np.array_equal(a[k], b[k]), k
+
+
+@pytest.mark.slow
+def test_dead_peer_stops_the_survivor_within_the_timeout(random_features, compile_cache, tmp_path):
+    timeout = 10
+    procs = _two(random_features, tmp_path / "run", sub_env(compile_cache, 2), f"--config.heartbeat_timeout_s={timeout}")
+    _stop_after(procs, tmp_path / "run", 30)
+    os.kill(procs[1].pid, signal.SIGKILL)
+    t0 = time.time()
+    os.kill(procs[0].pid, signal.SIGCONT)
+    try:
+        _, err = procs[0].communicate(timeout=timeout + 60)
+    except subprocess.TimeoutExpired:
+        procs[0].kill()
+        pytest.fail(f"the survivor still runs {timeout + 60} s after its peer died")
+    took = time.time() - t0
+    said = [line for line in err.splitlines() if re.match(r"[EF]\d{4} ", line) or "error" in line.lower()]
+    print(f"peer SIGKILLed: the survivor exited with {procs[0].returncode} after {took:.1f} s:\n" + "\n".join(said[:8]))
+    assert procs[0].returncode != 0
+    assert took < timeout + 30
+    assert said, err[-3000:]  # it says why (JAX's coordination service or the collective names the lost task)

@@ -32,13 +32,17 @@ def _env(names: Sequence[str]) -> str | None:
 
 
 def maybe_initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                                 process_id: int | None = None, *, platform: str | None = None) -> bool:
+                                 process_id: int | None = None, *, platform: str | None = None,
+                                 heartbeat_timeout_s: int | None = None) -> bool:
     """Start ``jax.distributed`` when arguments or environment variables ask for a multi-process run.
 
     Must run before any JAX computation or device query. Arguments override the environment
     (``WAT_COORDINATOR_ADDRESS`` / ``WAT_NUM_PROCESSES`` / ``WAT_PROCESS_ID``, or the ``JAX_*`` equivalents);
     ``WAT_DISTRIBUTED=1`` calls ``jax.distributed.initialize()`` with no arguments (cluster auto-detection).
     On CPU the cross-process collectives use gloo (the default CPU client has none).
+
+    ``heartbeat_timeout_s``: a process silent this long counts as dead and every other process stops with an
+    error (JAX's default, 100 s, when None).
 
     Returns True when this process is part of a multi-process run.
     """
@@ -64,11 +68,12 @@ def maybe_initialize_distributed(coordinator_address: str | None = None, num_pro
     if platform.split(",")[0] in ("cpu", ""):
         # Harmless on accelerators (only the CPU client reads it); required for CPU collectives across processes.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kw = {} if heartbeat_timeout_s is None else {"heartbeat_timeout_seconds": int(heartbeat_timeout_s)}
     if coordinator_address is None:
-        jax.distributed.initialize()
+        jax.distributed.initialize(**kw)
     else:
         jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                                   process_id=process_id)
+                                   process_id=process_id, **kw)
     return jax.process_count() > 1
 
 
