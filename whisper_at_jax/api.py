@@ -132,16 +132,56 @@ def shipped_head_dir(name: str) -> str | None:
     return path if os.path.isfile(os.path.join(path, "config.json")) else None
 
 
+_HEAD_MODES = {False: "tl_tr_1_8", True: "tl_down_tr_512_1_8"}  # the released heads' modes (ori, low)
+
+
+def official_head(model_name: str, low_compute: bool = False) -> str:
+    """Path of the official Whisper-AT AudioSet head for an openai-whisper model name, downloaded (and checked: it
+    loads with ``weights_only=True`` as that size's TL-TR head with 527 classes) on first use."""
+    from . import hub
+    from .model import dims_for
+
+    try:
+        key = hub.head_key(model_name, low_compute)
+    except KeyError as e:
+        raise convert.CheckpointError(f"{e.args[0]} (a model path needs the head file itself: at_head=PATH / "
+                                      f"--head PATH)") from e
+    size = "large-v2" if model_name == "large" else model_name
+    mode = _HEAD_MODES[low_compute]
+
+    def verify(path) -> None:
+        from .convert.at_head import load_at_head
+
+        _, cfg = load_at_head(path, dims_for(size), mode=mode)
+        if cfg["n_classes"] != 527:
+            raise convert.CheckpointError(f"{path}: an AudioSet head has 527 outputs, this one {cfg['n_classes']}")
+
+    try:
+        return str(hub.download_head(key, verify=verify))
+    except hub.DownloadError as e:
+        raise convert.CheckpointError(str(e)) from e
+
+
 def load_model(name_or_path: str | os.PathLike = "tiny.en", *, dtype: str | Any = "float32",
                at_head: str | os.PathLike | bool | None = None) -> WhisperModel:
     """Load Whisper weights (any supported format, or ``"tiny.en"`` / ``"base"`` from installed packages).
 
+    Names: ``tiny.en`` and ``base`` load from installed packages; the other openai-whisper names (``tiny`` ...
+    ``large-v3``, ``large-v3-turbo`` / ``turbo``; ``large`` is large-v2, as in Whisper-AT) download OpenAI's
+    checkpoint once (verified, cached in ``~/.cache/whisper``) and convert it once (cached in
+    ``~/.cache/whisper_at_jax/models``); ``owner/repo`` loads a Hugging Face Hub repo. See :mod:`whisper_at_jax.hub`
+    (``WHISPER_AT_JAX_OFFLINE=1`` forbids downloads).
+
     ``at_head``: a Whisper-AT head checkpoint to attach (``{size}_ori.pth`` / ``_low.pth`` or one of ours);
+    ``"audioset"`` / ``"audioset-low"``: the official Whisper-AT AudioSet head (527 classes) for this model name
+    (TL-TR, or the low-compute TL-TR-512 where whisper-at publishes one), downloaded once;
     ``None`` (default): the checkpoint's own head, else the head shipped with the package for an embedded model
     name (``tiny.en`` and ``base``: ESC-50's 50 classes, see ``whisper_at_jax/assets/heads/``), as whisper-at's
     ``load_model`` attaches its head; ``False`` for none.
     """
     loaded = convert.resolve(name_or_path)
+    if isinstance(at_head, str) and at_head in ("audioset", "audioset-low"):
+        at_head = official_head(str(name_or_path), low_compute=at_head == "audioset-low")
     head_params, head_config = loaded.head_params, loaded.head_config
     if at_head is None and head_params is None:
         shipped = shipped_head_dir(str(name_or_path))

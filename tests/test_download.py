@@ -1,0 +1,292 @@
+"""Models by name, against a local HTTP server on 127.0.0.1 (the tests never leave the machine).
+
+The server serves real files written here: the embedded tiny.en weights as an OpenAI ``.pt`` (fp16 tensors, as
+OpenAI's releases) under a URL carrying its SHA-256, and a Whisper-AT-shaped AudioSet head ``.pth`` (tiny.en's
+TL-TR, 527 classes, PyTorch-default init) behind 302 redirects as Dropbox answers. ``WHISPER_AT_JAX_BASE_URL``
+points the name tables at it and ``XDG_CACHE_HOME`` keeps every cache in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import whisper_at_jax as wat
+from whisper_at_jax import convert as convert_pkg
+from whisper_at_jax import hub
+from whisper_at_jax.convert import CheckpointError, params_to_state_dict, resolve
+from whisper_at_jax.convert.openai import flatten
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_PREFIX = "/main/whisper/models"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        srv = self.server
+        srv.log.append((self.path, self.headers.get("Range")))
+        if self.path in srv.redirects:
+            self.send_response(302)
+            self.send_header("Location", srv.redirects[self.path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        data = srv.files.get(self.path)
+        if data is None:
+            self.send_error(404)
+            return
+        start = 0
+        rng = self.headers.get("Range")
+        if rng and rng.startswith("bytes=") and rng.endswith("-"):
+            start = int(rng[len("bytes="):-1])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.path in srv.drop_once:  # send half, then hang up: the client must resume with Range
+            srv.drop_once.discard(self.path)
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        step = max(1, len(body) // 20)
+        for i in range(0, len(body), step):
+            self.wfile.write(body[i:i + step])
+            if srv.slow:
+                time.sleep(srv.slow)
+
+
+@pytest.fixture(scope="module")
+def ref():
+    """Real tiny.en through the embedded CTranslate2 path (the model every download must reproduce)."""
+    return resolve("tiny.en")
+
+
+@pytest.fixture(scope="module")
+def pt_bytes(ref) -> bytes:
+    import torch
+
+    sd = {k: torch.from_numpy(np.ascontiguousarray(v)).half() for k, v in params_to_state_dict(ref.params).items()}
+    buf = io.BytesIO()
+    torch.save({"dims": ref.dims.to_dict(), "model_state_dict": sd}, buf)
+    return buf.getvalue()
+
+
+def _head_bytes(seed: int) -> bytes:
+    import jax
+    import torch
+
+    from whisper_at_jax.heads import head_params_to_torch, init_head, make_head
+
+    head = make_head("tl_tr_1_8", n_layers=4, width=384, n_classes=527)
+    sd = head_params_to_torch(init_head(head, jax.random.PRNGKey(seed)))
+    buf = io.BytesIO()
+    torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}, buf)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def head_bytes() -> bytes:
+    return _head_bytes(0)
+
+
+@pytest.fixture()
+def server():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    srv.files, srv.redirects, srv.drop_once, srv.log, srv.slow = {}, {}, set(), [], 0.0
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture()
+def served(server, pt_bytes, head_bytes, tmp_path, monkeypatch):
+    """tiny.en's .pt at /main/whisper/models/SHA/tiny.en.pt, its head at /s/ID/tiny.en_ori.pth?dl=1 behind two 302s;
+    caches in tmp_path; the embedded package hidden, so "tiny.en" resolves through the download path."""
+    sha = hashlib.sha256(pt_bytes).hexdigest()
+    model_path = f"{MODEL_PREFIX}/{sha}/tiny.en.pt"
+    server.files[model_path] = pt_bytes
+    head_path = "/s/atq9so6w0qug5ai/tiny.en_ori.pth?dl=1"
+    server.redirects[head_path] = "/hop"
+    server.redirects["/hop"] = "/content/tiny.en_ori.pth"
+    server.files["/content/tiny.en_ori.pth"] = head_bytes
+    monkeypatch.setitem(hub.OPENAI_MODELS, "tiny.en", f"https://openaipublic.azureedge.net{model_path}")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv(hub.BASE_URL_ENV, server.base)
+    monkeypatch.delenv(hub.OFFLINE_ENV, raising=False)
+    monkeypatch.setattr(convert_pkg, "embedded_model_dir", lambda name: None)
+    server.model_path, server.head_path, server.sha = model_path, head_path, sha
+    return server
+
+
+def _gets(server, path_part: str) -> list:
+    return [r for r in server.log if path_part in r[0]]
+
+
+def _cache_files(tmp_path: Path) -> list[str]:
+    root = tmp_path / "cache"
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def test_first_load_downloads_converts_second_reads_cache(served, ref, tmp_path):
+    model = wat.load_model("tiny.en")
+    assert len(_gets(served, "tiny.en.pt")) == 1
+    assert (tmp_path / "cache" / "whisper" / "tiny.en.pt").read_bytes() == served.files[served.model_path]
+    assert model.source == "openai:tiny.en"
+    assert model.head_config["n_classes"] == 50  # the package's shipped ESC-50 head for this name, not a download
+    assert not _gets(served, "ori.pth")
+    got, want = flatten(model.params), flatten(ref.params)
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_array_equal(np.asarray(got[k]), want[k], err_msg="/".join(k))
+    converted = convert_pkg.converted_model_dir("tiny.en")
+    assert json.loads((converted / "config.json").read_text())["dtype"] == "float16"  # lossless for fp16 weights
+    n = len(served.log)
+    again = wat.load_model("tiny.en")
+    assert len(served.log) == n, "the second load must not reach the server"
+    np.testing.assert_array_equal(np.asarray(flatten(again.params)[k]), want[k])
+    assert not [f for f in _cache_files(tmp_path) if f.endswith(".part")]
+
+
+@pytest.mark.slow
+def test_downloaded_model_transcribes_like_embedded(served, speech, tiny_en):
+    model = wat.load_model("tiny.en", at_head=False)
+    ours = model.transcribe(speech, temperature=0.0)
+    theirs = tiny_en.transcribe(speech, temperature=0.0)
+    assert ours["text"] == theirs["text"] and ours["text"].strip()
+
+
+def test_audioset_head_through_redirects_recorded_and_pinned(served, tmp_path, monkeypatch):
+    model = wat.load_model("tiny.en", at_head="audioset")
+    assert [p for p, _ in served.log if "ori" in p or p == "/hop"] == [served.head_path, "/hop",
+                                                                       "/content/tiny.en_ori.pth"]
+    cfg = model.head_config
+    assert cfg["mode"] == "tl_tr_1_8" and cfg["n_classes"] == 527 and len(cfg["labels"]) == 527
+    head = tmp_path / "cache" / "whisper" / "tiny.en_ori.pth"
+    record = head.with_name(head.name + ".sha256")
+    assert record.read_text().split()[0] == hashlib.sha256(served.files["/content/tiny.en_ori.pth"]).hexdigest()
+    n = len(served.log)
+    wat.load_model("tiny.en", at_head="audioset")
+    assert len(served.log) == n
+    # the publisher's file changes: refused against the recorded digest, nothing new kept
+    head.unlink()
+    served.files["/content/tiny.en_ori.pth"] = _head_bytes(1)
+    with pytest.raises(CheckpointError, match="differs from the first download"):
+        wat.load_model("tiny.en", at_head="audioset")
+    assert not head.exists() and not head.with_name(head.name + ".part").exists()
+
+
+def test_dropped_connection_resumes_with_range(served, tmp_path):
+    served.drop_once.add(served.model_path)
+    path = hub.download_model("tiny.en")
+    gets = _gets(served, "tiny.en.pt")
+    assert len(gets) == 2 and gets[0][1] is None
+    half = len(served.files[served.model_path]) // 2
+    assert gets[1][1] == f"bytes={half}-"
+    assert hub.sha256_of(path) == served.sha
+
+
+def test_wrong_checksum_refused_nothing_cached(served, tmp_path):
+    served.files[served.model_path] = served.files[served.model_path][:-10] + b"0123456789"
+    with pytest.raises(CheckpointError, match="does not match the expected .* deleted"):
+        wat.load_model("tiny.en")
+    assert not [f for f in _cache_files(tmp_path) if not f.endswith(".lock")]
+
+
+def test_two_processes_download_once(served, tmp_path):
+    served.slow = 0.05  # ~1 s per download: the second process starts while the first is still fetching
+    code = ("import sys; from whisper_at_jax import hub; hub.OPENAI_MODELS['tiny.en'] = sys.argv[1]; "
+            "print(hub.sha256_of(hub.download_model('tiny.en')))")
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    procs = [subprocess.Popen([sys.executable, "-c", code, hub.OPENAI_MODELS["tiny.en"]], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+    assert [o[0].strip() for o in outs] == [served.sha, served.sha]
+    assert len(_gets(served, "tiny.en.pt")) == 1
+
+
+def test_offline_empty_cache_clear_error_no_request(served, tmp_path, monkeypatch):
+    monkeypatch.setenv(hub.OFFLINE_ENV, "1")
+    with pytest.raises(CheckpointError) as e:
+        wat.load_model("small")
+    msg = str(e.value)
+    assert hub.OFFLINE_ENV in msg and "small.pt" in msg and str(tmp_path / "cache" / "whisper") in msg
+    assert "9ecf779972d90ba49c06d968637d720dd632c55bbf19d441fb42bf17a411e794" in msg  # the URL to fetch
+    assert served.log == []
+
+
+@pytest.mark.parametrize("bad", ["truncated", "not_a_checkpoint"])
+def test_bad_head_refused_naming_file(served, tmp_path, bad):
+    data = served.files["/content/tiny.en_ori.pth"]
+    served.files["/content/tiny.en_ori.pth"] = data[: len(data) // 3] if bad == "truncated" else b"<html>quota</html>"
+    with pytest.raises(CheckpointError, match=r"tiny\.en_ori\.pth"):
+        wat.load_model("tiny.en", at_head="audioset")
+    assert not [f for f in _cache_files(tmp_path) if "ori.pth" in f and not f.endswith(".lock")]
+
+
+def test_unknown_name_says_where_weights_come_from(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    with pytest.raises(CheckpointError) as e:
+        wat.load_model("smal")
+    msg = str(e.value)
+    assert "large-v3-turbo" in msg and str(tmp_path / "whisper") in msg and "Hugging Face" in msg
+
+
+def test_huggingface_offline_snapshot(ref, tmp_path, monkeypatch):
+    """A prepared snapshot in huggingface_hub's own cache layout loads by repo id with the network forbidden."""
+    import huggingface_hub.constants
+
+    from test_convert import hf_whisper
+
+    snap = tmp_path / "hub" / "models--someone--whisper-tiny.en-ft" / "snapshots" / ("a" * 40)
+    hf_whisper(params_to_state_dict(ref.params), ref.dims).save_pretrained(snap)
+    (snap / "tokenizer.json").write_bytes(Path(ref.tokenizer_file).read_bytes())
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv(hub.OFFLINE_ENV, "1")
+    loaded = resolve("someone/whisper-tiny.en-ft")
+    assert loaded.source.startswith("huggingface:")
+    got, want = flatten(loaded.params), flatten(ref.params)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+    with pytest.raises(CheckpointError, match="someone/not-there"):
+        resolve("someone/not-there")
+
+
+def test_only_hub_touches_the_network():
+    banned = {"urllib.request", "http.client", "socket", "requests", "http", "urllib3", "httpx"}
+    offenders = []
+    for path in (ROOT / "whisper_at_jax").rglob("*.py"):
+        if path.name == "hub.py" and path.parent.name == "whisper_at_jax":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if isinstance(node, ast.ImportFrom) and node.module == "urllib":
+                names += [f"urllib.{a.name}" for a in node.names]
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n in banned or n.split(".")[0]
+                          in ("requests", "urllib3", "httpx", "socket") or n.startswith("http.")]
+    assert offenders == []
