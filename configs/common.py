@@ -79,6 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.aug.time_mask = 10  # width ~ U[0, 10) pooled steps
 
     c.checkpoint = ml_collections.ConfigDict({"every_steps": 1000, "keep": 3, "async_save": True})
+    c.on_nonfinite = "stop"  # a NaN/inf loss or grad norm: "stop" (names step, example ids, last checkpoint) or "skip"
     c.heartbeat_timeout_s = 100  # multi-process: a host silent this long is dead; the others stop with an error
     c.log_every_steps = 50
     c.eval_every_epochs = 1

@@ -5,6 +5,7 @@ errors before any training."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -94,3 +95,80 @@ def test_unreadable_checkpoint_folder_is_an_error(random_features, tmp_path):  #
     (work / "ckpt").write_text("not a folder")
     with pytest.raises(T.TrainError, match="checkpoint folder .*ckpt"):
         T.train(small_config(work, **{"data.features": str(random_features), **OVER}))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Non-finite values
+
+
+@pytest.fixture(scope="module")
+def nan_features(tmp_path_factory) -> tuple[Path, int]:
+    """The random taps of ``random_features``' recipe with one NaN written into example 'bad' (row 37)'s shard."""
+    d = tmp_path_factory.mktemp("nanfeat")
+    rng = np.random.default_rng(0)
+    meta = {"model": "none", "n_layers": 2, "width": 32, "steps": 5, "pool": 20, "labels": list("abcd")}
+    y = np.eye(4)[rng.integers(0, 4, 80)]
+    x = rng.normal(size=(80, 2, 5, 32)) + 0.5 * np.repeat(y, 8, axis=1)[:, None, None, :]
+    ids = [f"train{i}" for i in range(80)]
+    ids[37] = "bad"
+    w = T.FeatureWriter(d, "train", meta, shard_size=30, dtype="float16")
+    w.add(x, y, ids, folds=np.arange(80) % 5 + 1)
+    w.close()
+    shard = np.load(d / "train-00001.npy", mmap_mode="r+")  # rows 30-59; the writer refuses NaN, the disk does not
+    shard[37 - 30, 1, 2, 3] = np.nan
+    shard.flush()
+    del shard
+    return d, 37
+
+
+def _steps_with(row: int, n: int = 80, steps: int = 12) -> list[int]:
+    """1-based steps whose batch holds ``row`` (the trainer's own index stream: batch 8, seed 0, unbalanced)."""
+    stream = T.IndexStream(n, 8, 0)
+    return [i + 1 for i in range(steps) if row in stream.batch_indices(i)]
+
+
+def test_nan_in_a_batch_stops_with_step_ids_and_last_checkpoint(nan_features, tmp_path):
+    d, row = nan_features
+    bad = _steps_with(row)
+    assert bad and bad[0] > 4  # the first checkpoint (step 4) comes before it
+    work = tmp_path / "run"
+    with pytest.raises(T.NonFiniteError) as e:
+        T.train(small_config(work, **{"data.features": str(d), **OVER}))
+    msg = str(e.value)
+    print(msg)
+    last = (bad[0] - 1) // 4 * 4
+    assert f"step {bad[0]}: loss nan" in msg and "bad" in msg.split("Example ids")[1]
+    assert f"Last good checkpoint: {(work / 'ckpt' / str(last)).absolute()}" in msg
+    assert not (work / "final_head.npz").exists()
+
+
+def test_nan_batches_skipped_when_asked(nan_features, tmp_path, caplog):
+    d, row = nan_features
+    with caplog.at_level(logging.WARNING, logger="whisper_at_jax.train"):
+        r = T.train(small_config(tmp_path / "run", **{"data.features": str(d), "on_nonfinite": "skip", **OVER}))
+    assert r["skipped_batches"] == len(_steps_with(row)) > 0
+    assert sum("batch skipped" in m.getMessage() for m in caplog.records) == r["skipped_batches"]
+    assert all(np.all(np.isfinite(v)) for v in T.flat_params(r["head_params"]).values())
+
+
+def test_infinite_metrics_reach_jsonl_not_tensorboard(tmp_path, recwarn, caplog):
+    pytest.importorskip("tensorboardX")
+    w = T.MetricWriter(tmp_path, True)
+    with caplog.at_level(logging.WARNING):
+        w.write(5, {"d_prime": float("inf"), "mAP": 1.0}, prefix="eval/")
+    w.close()
+    said = [m.getMessage() for m in caplog.records] + [str(x.message) for x in recwarn]
+    assert not any("NaN or Inf" in m for m in said), said
+    rec = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert rec == {"step": 5, "eval/d_prime": float("inf"), "eval/mAP": 1.0}
+    from tensorboardX.proto import event_pb2
+
+    tags = []
+    for f in (tmp_path / "tb").iterdir():  # TFRecord framing: u64 length, u32 crc, data, u32 crc
+        buf, i = f.read_bytes(), 0
+        while i < len(buf):
+            n = int.from_bytes(buf[i:i + 8], "little")
+            ev = event_pb2.Event.FromString(buf[i + 12:i + 12 + n])
+            tags += [v.tag for v in ev.summary.value]
+            i += 12 + n + 4
+    assert tags == ["eval/mAP"]

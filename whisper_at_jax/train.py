@@ -65,6 +65,11 @@ class TrainError(ValueError):
 EXIT_PREEMPTED = 75
 
 
+class NonFiniteError(TrainError):
+    """A train step's loss or gradient norm was NaN or inf (names the step, the batch's example ids and the last
+    good checkpoint)."""
+
+
 class Preempted(Exception):
     """The run stopped on a preemption notice after saving a complete checkpoint at ``step`` (resumable there)."""
 
@@ -511,10 +516,16 @@ def make_train_step(head: Any, tx: optax.GradientTransformation, config: ml_coll
             return loss_of(head.apply({"params": params}, x), targets)
 
         value, grads = jax.value_and_grad(loss)(state["params"])
+        gnorm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        new = dict(state, params=params, opt_state=opt_state, step=state["step"] + 1)
-        return new, {"loss": value, "grad_norm": optax.tree.norm(grads)}
+        # A non-finite loss or gradient leaves params and optimizer state as they were (the data position moves
+        # on); the host then stops or counts the skipped batch (config.on_nonfinite).
+        finite = jnp.isfinite(value) & jnp.isfinite(gnorm)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        new = dict(state, params=keep(params, state["params"]), opt_state=keep(opt_state, state["opt_state"]),
+                   step=state["step"] + 1)
+        return new, {"loss": value, "grad_norm": gnorm, "finite": finite}
 
     return step
 
@@ -626,7 +637,9 @@ class MetricWriter:
         for k, v in metrics.items():
             if isinstance(v, (int, float, np.floating, np.integer)) or (hasattr(v, "ndim") and v.ndim == 0):
                 rec[prefix + k] = float(v)
-                if self.tb is not None:
+                # TensorBoard cannot plot inf / NaN (tensorboardX warns on them): those values (d' of a perfectly
+                # separated class is +inf) go to metrics.jsonl only, as JSON's Infinity / NaN.
+                if self.tb is not None and np.isfinite(float(v)):
                     self.tb.add_scalar(prefix + k, float(v), int(step))
         self.jsonl.write(json.dumps(rec) + "\n")
         self.jsonl.flush()
@@ -1019,6 +1032,31 @@ def train(config: ml_collections.ConfigDict, *, train_source: ExampleSource | No
         bar = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True)
     t0, n0 = time.perf_counter(), start
     watch = PreemptionWatch()
+    on_nonfinite = str(config.get("on_nonfinite", "stop"))
+    if on_nonfinite not in ("stop", "skip"):
+        raise TrainError(f"config.on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
+    result["skipped_batches"] = 0
+    pending = None  # the previous step's (step, ids, metrics): checked one step late so the host never waits
+
+    def check_finite(p: tuple[int, list[str], dict] | None) -> None:
+        if p is None or bool(jax.device_get(p[2]["finite"])):
+            return
+        s_, ids_, m_ = p
+        loss_, gnorm_ = float(jax.device_get(m_["loss"])), float(jax.device_get(m_["grad_norm"]))
+        if on_nonfinite == "skip":
+            result["skipped_batches"] += 1
+            logger.warning("step %d: loss %s, grad norm %s: batch skipped (%d so far); example ids: %s", s_, loss_,
+                           gnorm_, result["skipped_batches"], ", ".join(ids_))
+            return
+        last = None
+        if mngr is not None:
+            mngr.wait_until_finished()
+            last = mngr.latest_step()
+        where = f"{Path(mngr.directory) / str(last)}" if last is not None else "none (no checkpoint saved)"
+        raise NonFiniteError(f"step {s_}: loss {loss_}, gradient norm {gnorm_} (not finite); the step was not "
+                             f"applied. Example ids of the batch: {', '.join(ids_)}. Last good checkpoint: {where}. "
+                             "Set config.on_nonfinite='skip' to skip such batches.")
+
     try:
         for step in range(start, total_steps):
             ids, rows = next(batches)
@@ -1029,6 +1067,8 @@ def train(config: ml_collections.ConfigDict, *, train_source: ExampleSource | No
             else:
                 state, m = steps.cached(state, x, y)
             done = step + 1
+            check_finite(pending)
+            pending = (done, ids, m)
             if step == start:  # the first step compiles: leave it out of the examples/s windows
                 jax.block_until_ready(m)
                 t0, n0 = time.perf_counter(), done
@@ -1036,7 +1076,7 @@ def train(config: ml_collections.ConfigDict, *, train_source: ExampleSource | No
                 ids_log.write(json.dumps({"step": done, "ids": ids}) + "\n")
                 ids_log.flush()
             if done % int(config.log_every_steps) == 0 or done == total_steps:
-                m = {k: float(v) for k, v in jax.device_get(m).items()}
+                m = {k: float(v) for k, v in jax.device_get(m).items() if k != "finite"}
                 m["lr"] = float(schedule(jnp.asarray(step)))
                 if done > n0:  # examples/s since the last log (the compiling first step excluded)
                     m["examples_per_s"] = (done - n0) * int(config.batch_size) / (time.perf_counter() - t0)
@@ -1064,6 +1104,7 @@ def train(config: ml_collections.ConfigDict, *, train_source: ExampleSource | No
                 _save(mngr, state, done, _host_states(batches), run_id, force=done == total_steps)
             if done < total_steps and watch.reached(done):
                 _save_preemption(mngr, state, done, batches, run_id)
+        check_finite(pending)
         if mngr is not None:
             mngr.wait_until_finished()
     finally:
