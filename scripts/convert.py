@@ -4,10 +4,12 @@
     python scripts/convert.py SRC OUT [--head PTH] [--dtype float32|bfloat16|float16] [--tokenizer tokenizer.json]
                               [--overwrite]
 
-SRC: ``tiny.en`` / ``base`` (installed packages), an OpenAI ``.pt``, a Hugging Face folder (safetensors, sharded or
+SRC: a model name (``tiny.en`` / ``base`` from installed packages; ``small``, ``large-v3``, ``turbo``, ... downloaded
+from OpenAI once and cached; ``owner/repo`` from the Hugging Face Hub), an OpenAI ``.pt``, a Hugging Face folder (safetensors, sharded or
 ``pytorch_model.bin``), a CTranslate2 folder or ``model.bin`` (fp32, fp16, int8, int8_float16, int16), or one of our
 checkpoints (to attach a head or change the dtype). ``--head``: a released Whisper-AT head (``{size}_ori.pth``,
-``{size}_low.pth``) or one of our checkpoints holding a head. OUT is written atomically: on any error nothing is left.
+``{size}_low.pth``), one of our checkpoints holding a head, or ``audioset`` / ``audioset-low`` (the official
+Whisper-AT AudioSet head for the model name SRC, downloaded once). OUT is written atomically: on any error nothing is left.
 """
 
 from __future__ import annotations
@@ -35,10 +37,12 @@ def _log(msg: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("src", help="model name (tiny.en, base) or path: .pt, Hugging Face / CTranslate2 folder, "
-                                "model.bin, or a whisper-at-jax checkpoint")
+    ap.add_argument("src", help="model name (tiny.en, base, small, large-v3, turbo, ...; owner/repo on the Hugging "
+                                "Face Hub) or path: .pt, Hugging Face / CTranslate2 folder, model.bin, or a "
+                                "whisper-at-jax checkpoint")
     ap.add_argument("out", help="output checkpoint directory")
-    ap.add_argument("--head", help="Whisper-AT head to attach: {size}_ori.pth / {size}_low.pth or our checkpoint")
+    ap.add_argument("--head", help="Whisper-AT head to attach: {size}_ori.pth / {size}_low.pth, our checkpoint, or "
+                                   "audioset / audioset-low (the official head for the model name, downloaded)")
     ap.add_argument("--head-mode", help="head mode when the tensors cannot tell (mean_* vs last_*), e.g. last_tr_8")
     ap.add_argument("--labels", help="label list of the head (CSV index,mid,display_name / JSON / one name per line); "
                                      "default: the checkpoint's own, or AudioSet's 527 for a 527-class head")
@@ -79,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             log(f"reading head {args.head}")
             labels = read_labels(args.labels) if args.labels else None
+            if args.head in ("audioset", "audioset-low"):
+                from whisper_at_jax.api import official_head
+
+                args.head = official_head(args.src, low_compute=args.head == "audioset-low")
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 head_params, head_config = load_at_head(args.head, loaded.dims, mode=args.head_mode, labels=labels)

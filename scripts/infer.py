@@ -27,9 +27,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("audio", nargs="+", help="audio file(s) (wav, flac, ogg, mp3, ...)")
-    ap.add_argument("--model", default="tiny.en", help="tiny.en, base, or a checkpoint path (ours, .pt, HF, CT2)")
-    ap.add_argument("--head", default=None, help="Whisper-AT head: {size}_ori.pth / {size}_low.pth or our checkpoint")
+    ap.add_argument("audio", nargs="*", help="audio file(s) (wav, flac, ogg, mp3, ...)")
+    ap.add_argument("--model", default="tiny.en", help="tiny.en, base (installed); small, large-v2, turbo, ... "
+                    "(downloaded once: --list-models); owner/repo (Hugging Face Hub); or a checkpoint path")
+    ap.add_argument("--head", default=None, help="Whisper-AT head: audioset / audioset-low (official, downloaded "
+                    "for --model NAME), {size}_ori.pth / {size}_low.pth, or our checkpoint")
+    ap.add_argument("--list-models", action="store_true", help="print the model names, sizes and what is cached")
     ap.add_argument("--language", default=None, help="language code or name (default: detect; en for .en models)")
     ap.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
     ap.add_argument("--beam-size", type=int, default=None, help="beam search width (temperature 0 only)")
@@ -87,6 +90,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-tags", action="store_true", help="transcript only, even with a head")
     ap.add_argument("--quiet", action="store_true", help="do not print transcripts and tags")
     args = ap.parse_args(argv)
+    if args.list_models:
+        return args
+    if not args.audio:
+        ap.error("the following arguments are required: audio")
     if args.batch_size < 1:
         ap.error("--batch-size must be >= 1")
     if args.top_k < 1:
@@ -179,6 +186,11 @@ def _print_result(path: str, result: dict, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    if args.list_models:
+        from whisper_at_jax.hub import list_models
+
+        print("\n".join(list_models()))
+        return 0
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
@@ -201,7 +213,14 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     try:
-        model = wat.load_model(args.model, dtype=args.dtype, at_head=args.head if args.head else None)
+        head = args.head or None
+        if head is None and args.tags_only:  # tags asked for: a downloadable name gets its AudioSet head
+            from whisper_at_jax.api import shipped_head_dir
+            from whisper_at_jax.hub import AT_HEADS
+
+            if args.model in AT_HEADS and shipped_head_dir(args.model) is None:
+                head = "audioset"
+        model = wat.load_model(args.model, dtype=args.dtype, at_head=head)
     except (CheckpointError, ValueError, OSError) as e:
         print(f"error: cannot load model {args.model!r}: {e}", file=sys.stderr)
         return 2

@@ -290,3 +290,27 @@ def test_only_hub_touches_the_network():
             offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n in banned or n.split(".")[0]
                           in ("requests", "urllib3", "httpx", "socket") or n.startswith("http.")]
     assert offenders == []
+
+
+def _script(name: str):
+    import importlib.util
+
+    key = f"wat_{name}_cli_dl"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, ROOT / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[key] = module
+    return sys.modules[key]
+
+
+def test_cli_convert_by_name_with_audioset_head_and_list_models(served, tmp_path, capsys):
+    out = tmp_path / "ckpt"
+    assert _script("convert").main(["tiny.en", str(out), "--head", "audioset", "-q"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["source"] == "openai:tiny.en" and cfg["head"]["n_classes"] == 527
+    capsys.readouterr()
+    assert _script("infer").main(["--list-models"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()}
+    assert rows["tiny.en"][3:5] == ["cached", "cached"] and rows["tiny.en"][5] == "cached"  # .pt, converted, head
+    assert rows["small"][3] == "-" and "large-v2" in rows["large"][-1] + " ".join(rows["large"])

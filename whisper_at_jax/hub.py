@@ -75,9 +75,9 @@ AT_HEADS: dict[str, str] = {
     "large_low": "https://www.dropbox.com/s/jw2rh4uylhqgn85/large-v2_low.pth?dl=1",
 }
 
-# Sizes on disk of the OpenAI checkpoints (openai-whisper's README parameter counts x 2 bytes, fp16), for listings.
-MODEL_SIZES: dict[str, str] = {"tiny": "75 MB", "base": "145 MB", "small": "483 MB", "medium": "1.5 GB",
-                               "large-v1": "2.9 GB", "large-v2": "2.9 GB", "large-v3": "2.9 GB", "large": "2.9 GB",
+# Approximate download sizes of the OpenAI checkpoints (fp16: parameter count x 2 bytes), for listings; ".en" alike.
+MODEL_SIZES: dict[str, str] = {"tiny": "75 MB", "base": "145 MB", "small": "484 MB", "medium": "1.5 GB",
+                               "large-v1": "3.1 GB", "large-v2": "3.1 GB", "large-v3": "3.1 GB", "large": "3.1 GB",
                                "large-v3-turbo": "1.6 GB", "turbo": "1.6 GB"}
 
 OFFLINE_ENV = "WHISPER_AT_JAX_OFFLINE"
@@ -294,3 +294,25 @@ def hub_snapshot(repo_id: str, revision: str | None = None) -> Path:
                             f"`huggingface-cli download {repo_id}` elsewhere and copy the Hugging Face cache, or "
                             f"pass the folder's path") from e
     return Path(path)
+
+
+def list_models() -> list[str]:
+    """One line per model name: download size, whether its checkpoint / converted copy / AudioSet heads are cached."""
+    from .convert import converted_model_dir, embedded_model_dir
+    from .convert.checkpoint import is_checkpoint
+
+    lines = [f"{'name':<15} {'size':>8}  {'checkpoint':<11} {'converted':<10} audioset heads (ori / low)"]
+    for name in OPENAI_MODELS:
+        size = MODEL_SIZES[name[:-3] if name.endswith(".en") else name]
+        embedded = name in ("tiny.en", "base") and embedded_model_dir(name) is not None
+        pt = "embedded" if embedded else ("cached" if model_file(name).is_file() else "-")
+        conv = "cached" if is_checkpoint(converted_model_dir(name)) else "-"
+        heads = []
+        for low in (False, True):
+            key = f"{name}_low" if low else name
+            heads.append("n/a" if key not in AT_HEADS else "cached" if head_file(key).is_file() else "-")
+        alias = {"large": "  (= large-v2, as in Whisper-AT)", "turbo": "  (= large-v3-turbo)"}.get(name, "")
+        lines.append(f"{name:<15} {size:>8}  {pt:<11} {conv:<10} {' / '.join(heads)}{alias}")
+    lines.append(f"checkpoints and heads: {whisper_cache_dir()}; converted: "
+                 f"{converted_model_dir('tiny').parent}; also any Hugging Face Hub repo id (owner/name)")
+    return lines
