@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +175,43 @@ def test_infinite_metrics_reach_jsonl_not_tensorboard(tmp_path, recwarn, caplog)
             tags += [v.tag for v in ev.summary.value]
             i += 12 + n + 4
     assert tags == ["eval/mAP"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A full disk: RLIMIT_FSIZE in a subprocess (writes past the limit fail with EFBIG, as on a full disk with ENOSPC;
+# needs no root, unlike a small tmpfs)
+
+DISK_FULL = """
+import resource, signal, sys
+sys.path.insert(0, {tests!r})
+from test_train import small_config
+from whisper_at_jax import train as T
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of death by SIGXFSZ
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+try:
+    T.train(small_config({work!r}, **{over!r}))
+except T.TrainError as e:
+    print(e, file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def test_disk_full_during_a_checkpoint_save_is_a_clear_error(finished_run, random_features, tmp_path):  # noqa: F811
+    src, _ = finished_run
+    work = tmp_path / "run"
+    shutil.copytree(src, work)
+    (work / "metrics.jsonl").unlink()  # appending to a file already over the limit would fail first
+    head_before = (work / "final_head.npz").read_bytes()
+    over = {"data.features": str(random_features), **OVER, "epochs": 4}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    r = subprocess.run([sys.executable, "-c", DISK_FULL.format(tests=str(Path(__file__).parent), work=str(work),
+                                                              over=over)],
+                       env=env, capture_output=True, text=True, timeout=600)
+    print(r.stderr[-600:])
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert f"saving checkpoint 16 in {(work / 'ckpt').absolute()} failed" in r.stderr
+    assert "intact checkpoints there: [4, 8, 12]" in r.stderr
+    assert (work / "final_head.npz").read_bytes() == head_before  # the previous head stays
+    # The previous checkpoint is intact: the same run without the limit resumes from it and finishes.
+    res = T.train(small_config(work, **over))
+    assert res["start_step"] == 12

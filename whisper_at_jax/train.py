@@ -27,6 +27,7 @@ zero-padded in audio (the reference pads the normalised log-mel with zeros).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -775,9 +776,39 @@ def _save(mngr: Any, state: dict, step: int, data_state: list[dict], run: Mappin
           force: bool = False) -> None:
     import orbax.checkpoint as ocp
 
-    mngr.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave({"batches_consumed": int(step), "hosts": data_state, "run": dict(run)})), force=force)
+    with _checkpoint_io(mngr, step):
+        mngr.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=ocp.args.JsonSave({"batches_consumed": int(step), "hosts": data_state, "run": dict(run)})),
+            force=force)
+
+
+def _intact_steps(root: Path) -> list[int]:
+    return sorted(int(d.name) for d in root.iterdir() if d.name.isdigit() and _step_problem(d) is None)
+
+
+@contextlib.contextmanager
+def _checkpoint_io(mngr: Any, step: int | None = None) -> Iterator[None]:
+    """A failed (or failed async) save -> TrainError naming the folder and the checkpoints that stay intact (Orbax
+    writes a temporary directory and renames it only when complete)."""
+    try:
+        yield
+    except TrainError:
+        raise
+    except Exception as e:  # noqa: BLE001 - tensorstore / orbax raise several types for the same disk error
+        root = Path(mngr.directory)
+        what = f"saving checkpoint {step}" if step is not None else "finishing a checkpoint save"
+        raise TrainError(f"{what} in {root} failed ({type(e).__name__}: {str(e)[:300]}); disk full or read-only? "
+                         f"intact checkpoints there: {_intact_steps(root) or 'none'}") from e
+
+
+def _write_output(path: Path, fn: Callable[[], Any]) -> Any:
+    """Run a final write (head, export, result), turning a disk error into a TrainError naming ``path``."""
+    try:
+        return fn()
+    except OSError as e:
+        raise TrainError(f"writing {path} failed ({e}); disk full or read-only? a previous {path.name} is kept "
+                         "as it was") from e
 
 
 def _save_preemption(mngr: Any, state: dict, step: int, batches: Any, run: Mapping[str, Any]) -> None:
@@ -788,7 +819,8 @@ def _save_preemption(mngr: Any, state: dict, step: int, batches: Any, run: Mappi
         raise TrainError(f"preempted at step {step}; checkpoint.every_steps=0, so the run is not resumable")
     if mngr.latest_step() != step:
         _save(mngr, state, step, _host_states(batches), run, force=True)
-    mngr.wait_until_finished()
+    with _checkpoint_io(mngr, step):
+        mngr.wait_until_finished()
     mngr.close()
     path = Path(mngr.directory) / str(step)
     logger.warning("preempted, resumable at step %d (%s)", step, path)
@@ -1106,7 +1138,8 @@ def train(config: ml_collections.ConfigDict, *, train_source: ExampleSource | No
                 _save_preemption(mngr, state, done, batches, run_id)
         check_finite(pending)
         if mngr is not None:
-            mngr.wait_until_finished()
+            with _checkpoint_io(mngr):
+                mngr.wait_until_finished()
     finally:
         watch.close()
         if bar is not None:
@@ -1125,20 +1158,27 @@ def train(config: ml_collections.ConfigDict, *, train_source: ExampleSource | No
     final_np = jax.tree.map(np.asarray, jax.device_get(final))
     result["head_params"] = final_np
     if is_main:
-        tmp = workdir / ".final_head.tmp.npz"
-        np.savez(tmp, **flat_params(final_np))
-        os.replace(tmp, workdir / "final_head.npz")
+        def write_head() -> None:
+            tmp = workdir / ".final_head.tmp.npz"
+            try:
+                np.savez(tmp, **flat_params(final_np))
+                os.replace(tmp, workdir / "final_head.npz")
+            finally:
+                tmp.unlink(missing_ok=True)
+
+        _write_output(workdir / "final_head.npz", write_head)
         if config.get("export", False):
             from .convert import save_checkpoint
 
             head_config = {"mode": config.head.mode, "n_classes": n_classes, "n_layers": taps_shape[1],
                            "width": taps_shape[3], "labels": label_rows(labels, n_classes)}
-            save_checkpoint(workdir / "export", model.dims, jax.device_get(model.params), model.tokenizer_file,
-                            source=model.source, whisper_meta=model.whisper_meta, head_params=final_np,
-                            head_config=head_config, overwrite=True)
+            _write_output(workdir / "export", lambda: save_checkpoint(
+                workdir / "export", model.dims, jax.device_get(model.params), model.tokenizer_file,
+                source=model.source, whisper_meta=model.whisper_meta, head_params=final_np, head_config=head_config,
+                overwrite=True))
             result["export"] = str(workdir / "export")
-        atomic_write_bytes(workdir / "result.json", json.dumps(
-            {k: v for k, v in result.items() if k != "head_params"}, indent=1, default=float).encode())
+        _write_output(workdir / "result.json", lambda: atomic_write_bytes(workdir / "result.json", json.dumps(
+            {k: v for k, v in result.items() if k != "head_params"}, indent=1, default=float).encode()))
     writer.close()
     if mngr is not None:
         mngr.close()
