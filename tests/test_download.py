@@ -160,6 +160,7 @@ def test_first_load_downloads_converts_second_reads_cache(served, ref, tmp_path)
     assert got.keys() == want.keys()
     for k in want:
         np.testing.assert_array_equal(np.asarray(got[k]), want[k], err_msg="/".join(k))
+    assert model.whisper_meta["alignment_heads"] == ref.whisper_meta["alignment_heads"]  # openai-whisper's table
     converted = convert_pkg.converted_model_dir("tiny.en")
     assert json.loads((converted / "config.json").read_text())["dtype"] == "float16"  # lossless for fp16 weights
     n = len(served.log)
@@ -254,19 +255,59 @@ def test_unknown_name_says_where_weights_come_from(monkeypatch, tmp_path):
     assert "large-v3-turbo" in msg and str(tmp_path / "whisper") in msg and "Hugging Face" in msg
 
 
-def test_huggingface_offline_snapshot(ref, tmp_path, monkeypatch):
-    """A prepared snapshot in huggingface_hub's own cache layout loads by repo id with the network forbidden."""
-    import huggingface_hub.constants
-
+def _hub_snapshot(root: Path, repo: str, state_dict: dict, dims, tokenizer_file: str) -> Path:
+    """``repo`` written into huggingface_hub's cache layout under ``root`` (refs/main -> snapshots/COMMIT)."""
     from test_convert import hf_whisper
 
-    snap = tmp_path / "hub" / "models--someone--whisper-tiny.en-ft" / "snapshots" / ("a" * 40)
-    hf_whisper(params_to_state_dict(ref.params), ref.dims).save_pretrained(snap)
-    (snap / "tokenizer.json").write_bytes(Path(ref.tokenizer_file).read_bytes())
+    commit = hashlib.sha1(repo.encode()).hexdigest()
+    snap = root / f"models--{repo.replace('/', '--')}" / "snapshots" / commit
+    hf_whisper(state_dict, dims).save_pretrained(snap)
+    (snap / "tokenizer.json").write_bytes(Path(tokenizer_file).read_bytes())
     (snap.parents[1] / "refs").mkdir()
-    (snap.parents[1] / "refs" / "main").write_text("a" * 40)
+    (snap.parents[1] / "refs" / "main").write_text(commit)
+    return snap
+
+
+@pytest.fixture()
+def hub_cache(tmp_path, monkeypatch) -> Path:
+    import huggingface_hub.constants
+
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv(hub.OFFLINE_ENV, "1")
+    return tmp_path / "hub"
+
+
+@pytest.fixture()
+def distil(ref, hub_cache):
+    """A distil-whisper-shaped repo: tiny.en's encoder with only 2 of its decoder blocks (as distil-whisper keeps
+    the teacher's encoder and 2 decoder layers)."""
+    import dataclasses
+
+    sd = {k: v for k, v in params_to_state_dict(ref.params).items()
+          if not k.startswith(("decoder.blocks.2.", "decoder.blocks.3."))}
+    dims = dataclasses.replace(ref.dims, n_text_layer=2)
+    _hub_snapshot(hub_cache, "distil-whisper/distil-tiny.en", sd, dims, ref.tokenizer_file)
+    return "distil-whisper/distil-tiny.en"
+
+
+def test_distil_whisper_loads_two_decoder_layers(distil, ref):
+    loaded = resolve(distil)
+    assert loaded.dims.n_text_layer == 2 and loaded.dims.n_audio_layer == ref.dims.n_audio_layer
+    np.testing.assert_array_equal(flatten(loaded.params)[("encoder", "ln_post", "scale")],
+                                  flatten(ref.params)[("encoder", "ln_post", "scale")])
+
+
+@pytest.mark.slow
+def test_distil_whisper_transcribes(distil, speech):
+    model = wat.load_model(distil, at_head=False)
+    out = model.transcribe(speech[: 16000 * 5], temperature=0.0)
+    assert isinstance(out["text"], str) and out["segments"] is not None
+
+
+def test_huggingface_offline_snapshot(ref, hub_cache):
+    """A prepared snapshot in huggingface_hub's own cache layout loads by repo id with the network forbidden."""
+    _hub_snapshot(hub_cache, "someone/whisper-tiny.en-ft", params_to_state_dict(ref.params), ref.dims,
+                  ref.tokenizer_file)
     loaded = resolve("someone/whisper-tiny.en-ft")
     assert loaded.source.startswith("huggingface:")
     got, want = flatten(loaded.params), flatten(ref.params)

@@ -141,6 +141,11 @@ def official_head(model_name: str, low_compute: bool = False) -> str:
     from . import hub
     from .model import dims_for
 
+    # Hub repos of OpenAI's models, and distil-whisper's (whose encoder is the teacher's, copied and frozen), take
+    # the head of the Whisper they came from
+    for prefix in ("openai/whisper-", "distil-whisper/distil-"):
+        if model_name.startswith(prefix) and model_name[len(prefix):] in hub.AT_HEADS:
+            model_name = model_name[len(prefix):]
     try:
         key = hub.head_key(model_name, low_compute)
     except KeyError as e:

@@ -53,6 +53,25 @@ OPENAI_MODELS: dict[str, str] = {
     "turbo": "https://openaipublic.azureedge.net/main/whisper/models/aff26ae408abcba5fbf8813c21e62b0941638c5f6eebfb145be0c9839262a19a/large-v3-turbo.pt",
 }
 
+# openai-whisper 20250625, whisper/__init__.py `_ALIGNMENT_HEADS` (word timing's cross-attention heads: base85 of a
+# gzipped [n_text_layer, n_text_head] bool array). "large" follows this package's large = large-v2.
+ALIGNMENT_HEADS: dict[str, bytes] = {
+    'tiny.en': b'ABzY8J1N>@0{>%R00Bk>$p{7v037`oCl~+#00',
+    'tiny': b'ABzY8bu8Lr0{>%RKn9Fp%m@SkK7Kt=7ytkO',
+    'base.en': b'ABzY8;40c<0{>%RzzG;p*o+Vo09|#PsxSZm00',
+    'base': b'ABzY8KQ!870{>%RzyTQH3`Q^yNP!>##QT-<FaQ7m',
+    'small.en': b'ABzY8>?_)10{>%RpeA61k&I|OI3I$65C{;;pbCHh0B{qLQ;+}v00',
+    'small': b'ABzY8DmU6=0{>%Rpa?J`kvJ6qF(V^F86#Xh7JUGMK}P<N0000',
+    'medium.en': b'ABzY8usPae0{>%R7<zz_OvQ{)4kMa0BMw6u5rT}kRKX;$NfYBv00*Hl@qhsU00',
+    'medium': b'ABzY8B0Jh+0{>%R7}kK1fFL7w6%<-Pf*t^=N)Qr&0RR9',
+    'large-v1': b'ABzY8r9j$a0{>%R7#4sLmoOs{s)o3~84-RPdcFk!JR<kSfC2yj',
+    'large-v2': b'ABzY8zd+h!0{>%R7=D0pU<_bnWW*tkYAhobTNnu$jnkEkXqp)j;w1Tzk)UH3X%SZd&fFZ2fC2yj',
+    'large-v3': b'ABzY8gWO1E0{>%R7(9S+Kn!D~%ngiGaR?*L!iJG9p-nab0JQ=-{D1-g00',
+    'large': b'ABzY8zd+h!0{>%R7=D0pU<_bnWW*tkYAhobTNnu$jnkEkXqp)j;w1Tzk)UH3X%SZd&fFZ2fC2yj',
+    'large-v3-turbo': b'ABzY8j^C+e0{>%RARaKHP%t(lGR*)0g!tONPyhe`',
+    'turbo': b'ABzY8j^C+e0{>%RARaKHP%t(lGR*)0g!tONPyhe`',
+}
+
 # whisper-at 0.5, whisper_at/__init__.py `_MODELS_AT` (head name -> URL; "_low" = the TL-TR-512 low-compute head).
 AT_HEADS: dict[str, str] = {
     "tiny.en": "https://www.dropbox.com/s/atq9so6w0qug5ai/tiny.en_ori.pth?dl=1",
@@ -112,6 +131,19 @@ def url_for(url: str) -> str:
 def model_sha256(name: str) -> str:
     """The SHA-256 that openai-whisper's URL for ``name`` carries."""
     return OPENAI_MODELS[name].split("/")[-2]
+
+
+def alignment_heads(name: str, n_layers: int, n_heads: int) -> list[list[int]]:
+    """[[layer, head], ...] of :data:`ALIGNMENT_HEADS` for model ``name`` (shape checked against the dims)."""
+    import base64
+    import gzip
+
+    import numpy as np
+
+    mask = np.frombuffer(gzip.decompress(base64.b85decode(ALIGNMENT_HEADS[name])), dtype=bool)
+    if mask.size != n_layers * n_heads:
+        raise ValueError(f"alignment heads of {name!r} are for {mask.size} heads, the model has {n_layers}x{n_heads}")
+    return [[int(i), int(j)] for i, j in zip(*np.nonzero(mask.reshape(n_layers, n_heads)))]
 
 
 def model_file(name: str) -> Path:

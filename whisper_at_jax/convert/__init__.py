@@ -236,10 +236,13 @@ def cached_openai_model(name: str) -> Path:
         loaded = resolve(pt)
         if loaded.tokenizer_file is None:
             raise CheckpointError(f"{pt}: {loaded.tokenizer_note}")
+        meta = dict(loaded.whisper_meta)
+        # an OpenAI .pt carries no word-timing heads; openai-whisper keeps them per name
+        meta["alignment_heads"] = hub.alignment_heads(name, loaded.dims.n_text_layer, loaded.dims.n_text_head)
         lossless = all(np.array_equal(np.asarray(v).astype(np.float16).astype(np.float32), v)
                        for v in _leaves(loaded.params))
         save_checkpoint(out, loaded.dims, loaded.params, loaded.tokenizer_file, source=f"openai:{name}",
-                        dtype="float16" if lossless else "float32", whisper_meta=loaded.whisper_meta,
+                        dtype="float16" if lossless else "float32", whisper_meta=meta,
                         overwrite=True)
     return out
 
