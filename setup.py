@@ -14,6 +14,7 @@ setup(
         "orbax-checkpoint>=0.12",
         "numpy>=1.26",
         "tokenizers>=0.19",
+        "huggingface_hub>=0.23",  # Hub model names (whisper_at_jax/hub.py); tokenizers depends on it too
         "safetensors>=0.4",
         "soundfile>=0.12",
         "soxr>=0.3",
