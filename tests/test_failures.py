@@ -215,3 +215,26 @@ def test_disk_full_during_a_checkpoint_save_is_a_clear_error(finished_run, rando
     # The previous checkpoint is intact: the same run without the limit resumes from it and finishes.
     res = T.train(small_config(work, **over))
     assert res["start_step"] == 12
+
+
+FEATURES_FULL = """
+import resource, signal, sys
+import numpy as np
+from whisper_at_jax import train as T
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+w = T.FeatureWriter({out!r}, "train", {{"model": "none", "n_layers": 2, "width": 32, "steps": 5}}, shard_size=8)
+try:
+    w.add(np.zeros((8, 2, 5, 32)), np.eye(4)[np.zeros(8, int)], [str(i) for i in range(8)])
+except T.TrainError as e:
+    print(e, file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def test_disk_full_in_the_feature_store_names_the_file(tmp_path):
+    r = subprocess.run([sys.executable, "-c", FEATURES_FULL.format(out=str(tmp_path))], capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert f"writing {tmp_path / 'train-00000.npy'} failed" in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no torn shard, no temporary file left

@@ -339,7 +339,7 @@ class FeatureWriter:
         if dtype not in ("float16", "float32", "bfloat16"):
             raise TrainError(f"feature dtype must be float16, bfloat16 or float32, got {dtype!r}")
         self.dir = Path(out_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        _write_output(self.dir, lambda: self.dir.mkdir(parents=True, exist_ok=True))
         self.split, self.meta, self.shard_size, self.dtype = split, dict(meta), int(shard_size), dtype
         # A shard is buffered in memory until full: cap its bytes too (large-v2 taps are ~2 MB per clip).
         self.max_shard_bytes = int(max_shard_bytes)
@@ -377,7 +377,7 @@ class FeatureWriter:
         data = np.concatenate(self._buf)
         part, rest = data[:n], data[n:]
         name = f"{self.split}-{len(self.shards):05d}.npy"
-        atomic_save_npy(self.dir / name, part)
+        _write_output(self.dir / name, lambda: atomic_save_npy(self.dir / name, part))
         self.shards.append({"file": name, "n": int(len(part))})
         self._buf, self._nbuf = ([rest] if len(rest) else []), len(rest)
 
@@ -387,13 +387,15 @@ class FeatureWriter:
         n = sum(s["n"] for s in self.shards)
         if n == 0:
             raise TrainError(f"split {self.split!r}: no examples were written")
-        atomic_save_npy(self.dir / f"{self.split}-labels.npy", np.concatenate(self.labels).astype(np.uint8))
-        atomic_write_bytes(self.dir / f"{self.split}-ids.json", json.dumps(self.ids).encode())
+        labels_path, ids_path = self.dir / f"{self.split}-labels.npy", self.dir / f"{self.split}-ids.json"
+        _write_output(labels_path, lambda: atomic_save_npy(labels_path, np.concatenate(self.labels).astype(np.uint8)))
+        _write_output(ids_path, lambda: atomic_write_bytes(ids_path, json.dumps(self.ids).encode()))
         entry: dict[str, Any] = {"n": n, "shards": self.shards}
         if self.folds:
             if len(self.folds) != n:
                 raise TrainError("folds were given for some batches only")
-            atomic_save_npy(self.dir / f"{self.split}-folds.npy", np.asarray(self.folds, np.int32))
+            folds_path = self.dir / f"{self.split}-folds.npy"
+            _write_output(folds_path, lambda: atomic_save_npy(folds_path, np.asarray(self.folds, np.int32)))
             entry["folds"] = f"{self.split}-folds.npy"
         meta_path = self.dir / "meta.json"
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
@@ -402,7 +404,7 @@ class FeatureWriter:
         meta.update(self.meta)
         meta.update({"format": FEATURES_FORMAT, "version": 1, "dtype": self.dtype})
         meta.setdefault("splits", {})[self.split] = entry
-        atomic_write_bytes(meta_path, json.dumps(meta, indent=1).encode())
+        _write_output(meta_path, lambda: atomic_write_bytes(meta_path, json.dumps(meta, indent=1).encode()))
         return meta_path
 
 
@@ -803,7 +805,8 @@ def _checkpoint_io(mngr: Any, step: int | None = None) -> Iterator[None]:
 
 
 def _write_output(path: Path, fn: Callable[[], Any]) -> Any:
-    """Run a final write (head, export, result), turning a disk error into a TrainError naming ``path``."""
+    """Run an atomic write (head, export, result, feature files), turning a disk error into a TrainError naming
+    ``path``."""
     try:
         return fn()
     except OSError as e:
