@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     has_head = getattr(model, "head_params", None) is not None
     if args.tags_only and not has_head:
-        print("error: --tags-only needs a Whisper-AT head (--head PATH)", file=sys.stderr)
+        print("error: --tags-only needs a Whisper-AT head (--head PATH, or --head audioset with a model name)", file=sys.stderr)
         return 2
     want_tags = has_head and not args.no_tags
     try:
