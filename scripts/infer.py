@@ -89,6 +89,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--tags-only", action="store_true", help="sound tags only, no transcript (no decoder)")
     ap.add_argument("--no-tags", action="store_true", help="transcript only, even with a head")
     ap.add_argument("--quiet", action="store_true", help="do not print transcripts and tags")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="redo files whose outputs already exist in --output-dir (default: skip them)")
     args = ap.parse_args(argv)
     if args.list_models:
         return args
@@ -208,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     import whisper_at_jax as wat
     from whisper_at_jax.audio import AudioError
     from whisper_at_jax.convert import CheckpointError
+    from whisper_at_jax.jobs import EXIT_RESUMABLE, StopRequest, split_done
     from whisper_at_jax.outputs import get_writer
     from whisper_at_jax.transcribe import TranscribeError, tag, transcribe
 
@@ -281,9 +284,15 @@ def main(argv: list[str] | None = None) -> int:
         writer_options["p_threshold"] = math.log(args.threshold / (1.0 - args.threshold))
         writer_options["tag_threshold"] = args.threshold
     failures = 0
-    files = args.audio
+    files, done = split_done(args.audio, args.output_dir, args.output_format, args.overwrite)
+    if done:
+        print(f"skipping {len(done)} file(s) whose outputs are in {args.output_dir} (--overwrite redoes them)",
+              file=sys.stderr)
     bar = tqdm(files, unit="file", file=sys.stderr, disable=len(files) < 2) if tqdm else files
+    stop = StopRequest()  # SIGTERM: finish the current file, then stop (a re-run skips what is done)
     for path in bar:
+        if stop.requested:
+            break
         t = time.perf_counter()
         try:
             if args.tags_only:
@@ -306,8 +315,12 @@ def main(argv: list[str] | None = None) -> int:
                 bar.clear()
             _print_result(path, result, args)
         print(f"{path}: {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    stop.close()
     if failures:
         print(f"{failures} of {len(files)} file(s) failed", file=sys.stderr)
+    if stop.requested:
+        print("stopped on SIGTERM; re-run the same command to do the rest", file=sys.stderr)
+        return EXIT_RESUMABLE
     return 1 if failures else 0
 
 

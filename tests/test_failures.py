@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from test_infer import files, run_infer  # noqa: F401
 from test_train import random_features, small_config  # noqa: F401
 
 from whisper_at_jax import train as T
@@ -238,3 +239,26 @@ def test_disk_full_in_the_feature_store_names_the_file(tmp_path):
     assert r.returncode == 2, r.stderr[-3000:]
     assert f"writing {tmp_path / 'train-00000.npy'} failed" in r.stderr, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no torn shard, no temporary file left
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# infer.py over many files: a re-run skips what is done
+
+
+def test_infer_rerun_skips_files_already_done(files, tmp_path):  # noqa: F811
+    out = tmp_path / "tags"
+    args = (str(files / "one.wav"), str(files / "two.flac"), "--head", str(files / "head.pth"), "--tags-only",
+            "--output-format", "json", "--output-dir", str(out), "--quiet")
+    p = run_infer(*args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    one = (out / "one.json").read_bytes()
+    os.utime(out / "one.json", (1, 1))  # a mark a rewrite would clear
+    (out / "two.json").unlink()  # as if the job had stopped before this file
+    p = run_infer(*args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert f"skipping 1 file(s) whose outputs are in {out}" in p.stderr
+    assert (out / "one.json").stat().st_mtime == 1 and (out / "one.json").read_bytes() == one
+    assert (out / "two.json").is_file()
+    p = run_infer(*args, "--overwrite")
+    assert p.returncode == 0 and "skipping" not in p.stderr, p.stderr[-3000:]
+    assert (out / "one.json").stat().st_mtime > 1 and (out / "one.json").read_bytes() == one

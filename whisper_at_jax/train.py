@@ -32,7 +32,6 @@ import dataclasses
 import json
 import logging
 import os
-import signal
 import tempfile
 import time
 from pathlib import Path
@@ -48,6 +47,7 @@ from . import augment as aug
 from . import parallel
 from .evaluate import compute_metrics
 from .io_utils import atomic_write_bytes
+from .jobs import EXIT_RESUMABLE, StopRequest
 from .heads import make_head, pool_taps
 
 logger = logging.getLogger("whisper_at_jax.train")
@@ -63,7 +63,7 @@ class TrainError(ValueError):
 
 
 #: ``scripts/train.py``'s exit status after a preemption checkpoint (sysexits' EX_TEMPFAIL: "retry later").
-EXIT_PREEMPTED = 75
+EXIT_PREEMPTED = EXIT_RESUMABLE
 
 
 class NonFiniteError(TrainError):
@@ -718,30 +718,18 @@ class PreemptionWatch:
         from jax._src import distributed
 
         self.distributed = distributed.global_state.client is not None
-        self.flag = False
-        self.previous = None
-        if not self.distributed and hasattr(signal, "SIGTERM"):
-            try:
-                self.previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-            except ValueError:  # not the main thread: no handler, no preemption checkpoints
-                self.previous = None
-
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        self.flag = True
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        logger.warning("SIGTERM: saving a checkpoint after this step (a second SIGTERM kills the run)")
+        self.stop = None if self.distributed else StopRequest()
 
     def reached(self, step: int) -> bool:
         if self.distributed:
             from jax.experimental import multihost_utils
 
             return bool(multihost_utils.reached_preemption_sync_point(int(step)))
-        return self.flag
+        return self.stop.requested
 
     def close(self) -> None:
-        if self.previous is not None and not self.flag:
-            signal.signal(signal.SIGTERM, self.previous)
-        self.previous = None
+        if self.stop is not None:
+            self.stop.close()
 
 
 def _checkpoint_manager(workdir: Path, config: ml_collections.ConfigDict):
