@@ -355,3 +355,11 @@ def test_cli_convert_by_name_with_audioset_head_and_list_models(served, tmp_path
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()}
     assert rows["tiny.en"][3:5] == ["cached", "cached"] and rows["tiny.en"][5] == "cached"  # .pt, converted, head
     assert rows["small"][3] == "-" and "large-v2" in rows["large"][-1] + " ".join(rows["large"])
+
+
+def test_missing_head_refused_before_any_model_download(served, tmp_path):
+    with pytest.raises(CheckpointError, match="no AudioSet head for 'large-v3'"):
+        wat.load_model("large-v3", at_head="audioset")
+    with pytest.raises(CheckpointError, match="no low-compute AudioSet head for 'tiny.en'"):
+        wat.load_model("tiny.en", at_head="audioset-low")
+    assert served.log == []

@@ -184,9 +184,9 @@ def load_model(name_or_path: str | os.PathLike = "tiny.en", *, dtype: str | Any 
     name (``tiny.en`` and ``base``: ESC-50's 50 classes, see ``whisper_at_jax/assets/heads/``), as whisper-at's
     ``load_model`` attaches its head; ``False`` for none.
     """
-    loaded = convert.resolve(name_or_path)
-    if isinstance(at_head, str) and at_head in ("audioset", "audioset-low"):
+    if isinstance(at_head, str) and at_head in ("audioset", "audioset-low"):  # first: small, and may not exist
         at_head = official_head(str(name_or_path), low_compute=at_head == "audioset-low")
+    loaded = convert.resolve(name_or_path)
     head_params, head_config = loaded.head_params, loaded.head_config
     if at_head is None and head_params is None:
         shipped = shipped_head_dir(str(name_or_path))

@@ -276,9 +276,10 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
         if verify is not None:
             try:
                 verify(part)
-            except Exception:
+            except Exception as e:  # noqa: BLE001 - whatever the check raises, the file must not stay
                 part.unlink()
-                raise
+                raise DownloadError(f"{url}: the downloaded {what} ({dest.name}) is not valid, so it was deleted: "
+                                    f"{e}") from e
         os.replace(part, dest)
         if sha256 is None and not record.is_file():
             from .io_utils import atomic_write_bytes
