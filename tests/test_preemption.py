@@ -124,7 +124,8 @@ def test_sigterm_to_one_of_two_processes(random_features, compile_cache, tmp_pat
 @pytest.mark.slow
 def test_dead_peer_stops_the_survivor_within_the_timeout(random_features, compile_cache, tmp_path):
     timeout = 10
-    procs = _two(random_features, tmp_path / "run", sub_env(compile_cache, 2), f"--config.heartbeat_timeout_s={timeout}")
+    procs = _two(random_features, tmp_path / "run", sub_env(compile_cache, 2),
+                 f"--config.heartbeat_timeout_s={timeout}")
     _stop_after(procs, tmp_path / "run", 30)
     os.kill(procs[1].pid, signal.SIGKILL)
     t0 = time.time()
