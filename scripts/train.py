@@ -60,6 +60,14 @@ def main(argv):
     return 0
 
 
+def _help_requested(argv: list[str]) -> bool:
+    return any(a in ("-h", "--help", "-?", "--helpshort", "--helpfull") for a in argv[1:])
+
+
 if __name__ == "__main__":
+    if _help_requested(sys.argv):  # absl's help exits with status 1; asking for help is not an error
+        flags.FLAGS.mark_as_parsed()
+        print(__doc__.strip() + "\n\nflags:\n" + flags.FLAGS.main_module_help())
+        sys.exit(0)
     flags.mark_flag_as_required("config")
     app.run(main)

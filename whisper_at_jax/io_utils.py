@@ -6,6 +6,12 @@ import os
 import tempfile
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a killed writer leaves either the old file or the new one, never a torn one."""
     path = os.fspath(path)
@@ -13,6 +19,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a finished file gets what open() would give it
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -20,13 +20,15 @@ Every file is written atomically: a temporary file in the output directory, then
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
-import tempfile
 from typing import Any, Callable, Iterator, Optional, Sequence, TextIO
 
 import numpy as np
+
+from .io_utils import atomic_write_bytes
 
 #: AudioSet classes that are speech itself: a caption does not announce "[Speech]".
 SPEECH_CLASSES = frozenset({
@@ -55,18 +57,9 @@ def format_timestamp(seconds: float, always_include_hours: bool = False, decimal
 
 
 def _write_atomic(path: str, write: Callable[[TextIO], None]) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    buffer = io.StringIO()
+    write(buffer)
+    atomic_write_bytes(path, buffer.getvalue().encode("utf-8"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -135,8 +128,12 @@ class WriteTXT(ResultWriter):
     extension = "txt"
 
     def write_result(self, result: dict, file: TextIO, options: Optional[dict] = None, **kwargs: Any) -> None:
-        for segment in result.get("segments", []):
+        segments = result.get("segments", [])
+        for segment in segments:
             print(segment["text"].strip(), file=file, flush=True)
+        if not segments:  # tags only: the file carries the tags, never an empty file over an earlier transcript
+            for start, end, names in caption_tag_spans(result, options):
+                print(f"[{format_timestamp(start)} --> {format_timestamp(end)}] {', '.join(names)}", file=file)
 
 
 class SubtitlesWriter(ResultWriter):
@@ -255,10 +252,12 @@ class WriteTSV(ResultWriter):
 
     def write_result(self, result: dict, file: TextIO, options: Optional[dict] = None, **kwargs: Any) -> None:
         print("start", "end", "text", sep="\t", file=file)
-        for segment in result.get("segments", []):
-            print(round(1000 * segment["start"]), file=file, end="\t")
-            print(round(1000 * segment["end"]), file=file, end="\t")
-            print(segment["text"].strip().replace("\t", " "), file=file, flush=True)
+        segments = result.get("segments", [])
+        rows = [(seg["start"], seg["end"], seg["text"].strip().replace("\t", " ")) for seg in segments]
+        if not segments:  # tags only: one row per tag span, the text in caption style ("[Dog] [Siren]")
+            rows = [(start, end, _sdh(names)) for start, end, names in caption_tag_spans(result, options)]
+        for start, end, text in rows:
+            print(round(1000 * start), round(1000 * end), text, sep="\t", file=file, flush=True)
 
 
 def jsonable(result: dict, options: Optional[dict] = None) -> dict:
@@ -284,8 +283,10 @@ def jsonable(result: dict, options: Optional[dict] = None) -> dict:
 
         options = options or {}
         parsed = parse_at_label(result, top_k=options.get("top_k", 5), p_threshold=options.get("p_threshold", -1.0))
+        duration = result.get("duration")  # the last row ends with the audio, not at its grid line
         out["audio_tags"] = [
-            {"start": row["time"]["start"], "end": row["time"]["end"],
+            {"start": row["time"]["start"],
+             "end": row["time"]["end"] if duration is None else min(row["time"]["end"], float(duration)),
              "tags": [{"label": n, "logit": v, "probability": float(1.0 / (1.0 + np.exp(-v)))}
                       for n, v in row["audio tags"]]}
             for row in parsed]

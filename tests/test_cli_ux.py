@@ -1,0 +1,58 @@
+"""What a new user meets first: output files and their modes, tags-only output in every format, help exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import whisper_at_jax as wat
+from whisper_at_jax.io_utils import atomic_write_bytes
+from whisper_at_jax.outputs import get_writer
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "whisper_at_jax" / "assets" / "demo.flac"
+
+
+def test_atomic_writes_honour_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        atomic_write_bytes(tmp_path / "a.txt", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640  # what open() gives under that umask
+
+
+@pytest.fixture(scope="module")
+def demo_tags():
+    """Tags only on the demo file (speech over a siren, 9.32 s) with the shipped tiny.en head."""
+    model = wat.load_model("tiny.en")
+    return model.tag(str(DEMO), at_time_res=2)
+
+
+def test_tags_only_output_carries_the_tags_in_every_format(demo_tags, tmp_path):
+    result = {**demo_tags, "segments": [], "text": ""}
+    (tmp_path / "demo.txt").write_text("an earlier transcript\n")
+    get_writer("all", str(tmp_path))(result, str(DEMO), {})
+    txt = (tmp_path / "demo.txt").read_text()
+    tsv = (tmp_path / "demo.tsv").read_text().splitlines()
+    srt = (tmp_path / "demo.srt").read_text()
+    assert "Siren" in txt and "-->" in txt, txt
+    assert tsv[0] == "start\tend\ttext" and any("[Siren]" in row for row in tsv[1:]), tsv
+    assert "[Siren]" in srt
+    # The last span ends with the audio (9.32 s), not at the 2-s grid line after it, in every format.
+    spans = json.loads((tmp_path / "demo.json").read_text())["audio_tags"]
+    assert spans[-1]["end"] == pytest.approx(demo_tags["duration"]) and demo_tags["duration"] < 10.0
+    assert int(tsv[-1].split("\t")[1]) == round(1000 * demo_tags["duration"])
+
+
+@pytest.mark.parametrize("script", ["train.py", "evaluate.py", "infer.py", "convert.py"])
+def test_help_exits_zero(script):
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--help"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "usage" in out.stdout.lower() or "flags" in out.stdout.lower()
