@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Evaluate a trained Whisper-AT head: mAP / mean AUC / d' (multi-label) or accuracy (single-label).
+r"""Evaluate a trained Whisper-AT head: mAP / mean AUC / d' (multi-label) or accuracy (single-label).
 
     python scripts/evaluate.py --checkpoint runs/esc50/export --features features/esc50_tiny.en --split train \
         --fold 1 --single_label

@@ -22,11 +22,14 @@ import sys
 import time
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The description as written, and every option's default in its help line."""
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     from whisper_at_jax.outputs import FORMATS
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=_HelpFormatter)
     ap.add_argument("audio", nargs="*", help="audio file(s) (wav, flac, ogg, mp3, ...)")
     ap.add_argument("--model", default="tiny.en", help="tiny.en, base (installed); small, large-v2, turbo, ... "
                     "(downloaded once: --list-models); owner/repo (Hugging Face Hub); or a checkpoint path")
@@ -34,7 +37,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "for --model NAME), {size}_ori.pth / {size}_low.pth, or our checkpoint")
     ap.add_argument("--list-models", action="store_true", help="print the model names, sizes and what is cached")
     ap.add_argument("--language", default=None, help="language code or name (default: detect; en for .en models)")
-    ap.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
+    ap.add_argument("--task", default="transcribe", choices=["transcribe", "translate"],
+                    help="transcribe in the spoken language, or translate to English (multilingual models)")
     ap.add_argument("--beam-size", type=int, default=None, help="beam search width (temperature 0 only)")
     ap.add_argument("--best-of", type=int, default=None, help="samples per window at temperature > 0")
     ap.add_argument("--temperature", type=float, default=0.0, help="first temperature")
@@ -60,7 +64,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--clip-timestamps", default="0",
                     help="start,end,start,end,... seconds to transcribe (sequential mode; a last start runs to "
                          "the end)")
-    ap.add_argument("--mode", default="sequential", choices=["sequential", "batched"])
+    ap.add_argument("--mode", default="sequential", choices=["sequential", "batched"],
+                    help="sequential: openai-whisper's long-form algorithm (each window seeks from the last); "
+                         "batched: independent windows cut in pauses, decoded in batches (throughput)")
     ap.add_argument("--word-timestamps", action="store_true",
                     help="word-level timestamps (in the json output's segments; srt/vtt cues from words)")
     ap.add_argument("--hallucination-silence-threshold", type=float, default=None,

@@ -56,3 +56,7 @@ def test_help_exits_zero(script):
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "usage" in out.stdout.lower() or "flags" in out.stdout.lower()
+    if script == "infer.py":  # every option explained, with its default
+        assert "openai-whisper's long-form algorithm" in out.stdout and "(default: sequential)" in out.stdout
+    if script == "evaluate.py":  # the example's continuation line survives
+        assert "--split train \\\n" in out.stdout
