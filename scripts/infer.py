@@ -192,6 +192,17 @@ def _print_result(path: str, result: dict, args: argparse.Namespace) -> None:
     sys.stdout.flush()
 
 
+def _input_problem(path: str) -> str | None:
+    """Why ``path`` cannot be an audio input, or None."""
+    if os.path.isdir(path):
+        return f"{path}: is a directory (give the audio files in it, e.g. {os.path.join(path, '*.flac')})"
+    if not os.path.exists(path):
+        return f"{path}: no such file"
+    if not os.access(path, os.R_OK):
+        return f"{path}: not readable"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     if args.list_models:
@@ -199,10 +210,12 @@ def main(argv: list[str] | None = None) -> int:
 
         print("\n".join(list_models()))
         return 0
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
+    bad_inputs = [_input_problem(path) for path in args.audio]
+    for problem in filter(None, bad_inputs):  # before the model loads: a typo costs no load time
+        print(f"error: {problem}", file=sys.stderr)
+    if any(bad_inputs):
+        return 2
+    from tqdm import tqdm
 
     import jax
 
@@ -294,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     if done:
         print(f"skipping {len(done)} file(s) whose outputs are in {args.output_dir} (--overwrite redoes them)",
               file=sys.stderr)
-    bar = tqdm(files, unit="file", file=sys.stderr, disable=len(files) < 2) if tqdm else files
+    bar = tqdm(files, unit="file", file=sys.stderr, disable=len(files) < 2)
     stop = StopRequest()  # SIGTERM: finish the current file, then stop (a re-run skips what is done)
     for path in bar:
         if stop.requested:
@@ -314,10 +327,10 @@ def main(argv: list[str] | None = None) -> int:
             writer(result, path, writer_options)
         except (AudioError, TranscribeError, ValueError, OSError) as e:
             failures += 1
-            print(f"error: {path}: {e}", file=sys.stderr)
+            print(f"error: {e}" if path in str(e) else f"error: {path}: {e}", file=sys.stderr)
             continue
         if not args.quiet:
-            if tqdm and len(files) > 1:
+            if len(files) > 1:
                 bar.clear()
             _print_result(path, result, args)
         print(f"{path}: {time.perf_counter() - t:.1f} s", file=sys.stderr)

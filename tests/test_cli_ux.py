@@ -60,3 +60,13 @@ def test_help_exits_zero(script):
         assert "openai-whisper's long-form algorithm" in out.stdout and "(default: sequential)" in out.stdout
     if script == "evaluate.py":  # the example's continuation line survives
         assert "--split train \\\n" in out.stdout
+
+
+def test_bad_inputs_refused_before_the_model_loads(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "infer.py"), str(tmp_path / "missing.flac"),
+                          str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 2
+    assert "loaded" not in out.stderr  # the check runs before load_model
+    assert out.stderr.count(str(tmp_path / "missing.flac")) == 1 and "no such file" in out.stderr
+    assert f"{tmp_path}: is a directory" in out.stderr
+    assert not list(tmp_path.iterdir())  # nothing written
