@@ -124,4 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    sys.exit(main())
+    from whisper_at_jax.extras import missing_extra_exits
+
+    with missing_extra_exits():
+        sys.exit(main())

@@ -100,4 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from whisper_at_jax.extras import missing_extra_exits
+
+    with missing_extra_exits():
+        sys.exit(main())

@@ -106,4 +106,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from whisper_at_jax.extras import missing_extra_exits
+
+    with missing_extra_exits():
+        sys.exit(main())

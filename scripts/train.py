@@ -70,4 +70,7 @@ if __name__ == "__main__":
         print(__doc__.strip() + "\n\nflags:\n" + flags.FLAGS.main_module_help())
         sys.exit(0)
     flags.mark_flag_as_required("config")
-    app.run(main)
+    from whisper_at_jax.extras import missing_extra_exits
+
+    with missing_extra_exits():
+        app.run(main)

@@ -70,3 +70,23 @@ def test_bad_inputs_refused_before_the_model_loads(tmp_path):
     assert out.stderr.count(str(tmp_path / "missing.flac")) == 1 and "no such file" in out.stderr
     assert f"{tmp_path}: is a directory" in out.stderr
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_missing_optional_dependency_names_the_extra(tmp_path):
+    """Without tensorflow (hidden here: a None entry in sys.modules makes its import fail as if not installed),
+    writing TFRecords ends with one line naming the extra to install, not a traceback."""
+    import numpy as np
+    import soundfile as sf
+
+    (tmp_path / "audio").mkdir()
+    sf.write(tmp_path / "audio" / "1-100-A-0.wav", np.zeros(16000, np.float32), 16000)
+    (tmp_path / "esc50.csv").write_text("filename,fold,target,category,esc10,src_file,take\n"
+                                        "1-100-A-0.wav,1,0,dog,True,100,A\n")
+    runner = ("import runpy, sys; sys.modules['tensorflow'] = None; sys.argv = sys.argv[1:]; "
+              "runpy.run_path(sys.argv[0], run_name='__main__')")
+    out = subprocess.run([sys.executable, "-c", runner, str(ROOT / "scripts" / "make_tfrecords.py"), "--format",
+                          "esc50", "--csv", "esc50.csv", "--audio-dir", "audio", "--out", "records", "--split",
+                          "train"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "'tensorflow'" in out.stderr and 'pip install -e ".[train]"' in out.stderr
+    assert "Traceback" not in out.stderr
