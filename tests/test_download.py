@@ -363,3 +363,18 @@ def test_missing_head_refused_before_any_model_download(served, tmp_path):
     with pytest.raises(CheckpointError, match="no low-compute AudioSet head for 'tiny.en'"):
         wat.load_model("tiny.en", at_head="audioset-low")
     assert served.log == []
+
+
+def test_no_network_error_names_url_and_manual_route(served, tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on: connection refused, as on a host without network
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv(hub.BASE_URL_ENV, f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(hub.time, "sleep", lambda s: None)  # the retries' back-off
+    with pytest.raises(CheckpointError) as e:
+        wat.load_model("small")
+    msg = str(e.value)
+    assert f"127.0.0.1:{port}/main/whisper/models/" in msg and "small.pt" in msg
+    assert "yourself and put it at" in msg and str(tmp_path / "cache" / "whisper" / "small.pt") in msg
