@@ -8,6 +8,9 @@
    (``whisper_at_jax.train.extract_features``: the jitted encoder of the online train step, positional table sliced
    to the 250 frames of 5 s, taps pooled by 10 frames -> [L, 25, D]) into a features folder outside the repo
    (``--features``, default ``/tmp/esc50_feats_MODEL``), with the clips' folds. A later call reuses it.
+   ``--encoder_dtype`` (default: the trainer config's ``encoder_dtype``, float32) is the encoder's compute dtype
+   there, passed to the same extraction (``extract_features(dtype=...)``, as the online train step's
+   ``config.encoder_dtype``); bfloat16 taps get their own default folder, ``/tmp/esc50_feats_MODEL_bfloat16``.
 2. Trainer heads (``tl_tr``, ``tl_down_tr``, ``wa_mlp``, ``last_mlp`` or any mode string): for each fold, the real
    training code (``configs/esc50.py`` + ``whisper_at_jax.train.train`` in cached mode, ``config.data.fold`` held
    out) trains the head and reports the held-out accuracy of the final (weight-averaged) head.
@@ -48,6 +51,19 @@ HEAD_MODES = {
 SKLEARN_HEADS = ("linear", "linear_layers")
 CLIP_SECONDS = 5.0
 POOL = 10  # 250 encoder frames / 10 = 25 steps, as the reference's ESC-50 extraction
+ENCODER_DTYPES = ("float32", "bfloat16")
+
+
+def default_features(model_name: str, encoder_dtype: str = "float32", suffix: str = "") -> Path:
+    """The default features folder of a model and encoder dtype: ``/tmp/esc50_feats_MODEL[_bfloat16][suffix]``
+    (float32 keeps the historical name)."""
+    tag = "" if encoder_dtype == "float32" else f"_{encoder_dtype}"
+    return Path(f"/tmp/esc50_feats_{Path(model_name).name}{tag}{suffix}")
+
+
+def features_dtype(meta: dict) -> str:
+    """The encoder dtype a features folder was extracted with (folders from before the option: float32)."""
+    return str(meta.get("encoder_dtype", "float32"))
 
 
 class ESC50Error(ValueError):
@@ -96,8 +112,10 @@ def load_clip(path: str, seconds: float = CLIP_SECONDS) -> np.ndarray:
 
 
 def _write_features(model_name: str, rows: list[dict], names: list[str], out_dir: Path, batch_size: int,
-                    source: str, clip_audio: Callable[[int, list[dict]], np.ndarray], what: str, flag: str) -> Path:
-    """Pooled taps of every clip via the trainer's extraction, into ``out_dir`` (skipped when already complete).
+                    source: str, clip_audio: Callable[[int, list[dict]], np.ndarray], what: str, flag: str,
+                    encoder_dtype: str = "float32") -> Path:
+    """Pooled taps of every clip via the trainer's extraction (encoder computing in ``encoder_dtype``), into
+    ``out_dir`` (skipped when already complete with the same model, clip count and dtype).
 
     ``clip_audio(start, chunk)`` gives the [len(chunk), samples] audio of the rows ``rows[start:start + len(chunk)]``.
     """
@@ -107,11 +125,16 @@ def _write_features(model_name: str, rows: list[dict], names: list[str], out_dir
     meta_path = out_dir / "meta.json"
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        if meta.get("model") == model_name and meta.get("splits", {}).get("train", {}).get("n") == len(rows):
+        if (meta.get("model") == model_name and meta.get("splits", {}).get("train", {}).get("n") == len(rows)
+                and features_dtype(meta) == encoder_dtype):
             print(f"{what}: reusing {out_dir}", flush=True)
             return out_dir
         raise ESC50Error(f"{out_dir}: holds other features ({meta.get('model')}, "
-                         f"{meta.get('splits', {}).get('train', {}).get('n')} clips); give another {flag}")
+                         f"{meta.get('splits', {}).get('train', {}).get('n')} clips, encoder "
+                         f"{features_dtype(meta)}; wanted {model_name}, {len(rows)} clips, encoder {encoder_dtype}); "
+                         f"give another {flag}")
+    if encoder_dtype not in ENCODER_DTYPES:
+        raise ESC50Error(f"encoder dtype {encoder_dtype!r}: use one of {', '.join(ENCODER_DTYPES)}")
     model = load_model(model_name, at_head=False)
     d = model.dims
 
@@ -130,18 +153,21 @@ def _write_features(model_name: str, rows: list[dict], names: list[str], out_dir
     writer = FeatureWriter(out_dir, "train", {
         "model": model_name, "n_layers": d.n_audio_layer, "width": d.n_audio_state,
         "steps": int(CLIP_SECONDS * 50) // POOL, "pool": POOL, "clip_seconds": CLIP_SECONDS,
-        "labels": names, "source": source}, shard_size=4096, dtype="float16")
+        "labels": names, "source": source, "encoder_dtype": encoder_dtype}, shard_size=4096, dtype="float16")
     t0 = time.perf_counter()
-    n = extract_features(model, batches(), writer, pool=POOL, batch_size=batch_size, progress=True)
+    n = extract_features(model, batches(), writer, pool=POOL, dtype=encoder_dtype, batch_size=batch_size,
+                         progress=True)
     writer.close()
-    print(f"{what}: {n} clips in {time.perf_counter() - t0:.0f} s -> {out_dir}", flush=True)
+    print(f"{what}: {n} clips in {time.perf_counter() - t0:.0f} s (encoder {encoder_dtype}) -> {out_dir}", flush=True)
     return out_dir
 
 
-def extract(model_name: str, rows: list[dict], names: list[str], out_dir: Path, batch_size: int = 16) -> Path:
+def extract(model_name: str, rows: list[dict], names: list[str], out_dir: Path, batch_size: int = 16,
+            encoder_dtype: str = "float32") -> Path:
     """Pooled taps of every clip via the trainer's extraction, into ``out_dir`` (skipped when already complete)."""
     return _write_features(model_name, rows, names, out_dir, batch_size, "ESC-50",
-                           lambda _, chunk: np.stack([load_clip(r["path"]) for r in chunk]), "features", "--features")
+                           lambda _, chunk: np.stack([load_clip(r["path"]) for r in chunk]), "features", "--features",
+                           encoder_dtype)
 
 
 _TAPS: dict[str, tuple] = {}
@@ -259,7 +285,7 @@ def speech_under(clip: np.ndarray, bank: list[np.ndarray], rng: np.random.Genera
 
 
 def extract_speech_mixed(model_name: str, rows: list[dict], names: list[str], out_dir: Path, seed: int = 0,
-                         batch_size: int = 16) -> Path:
+                         batch_size: int = 16, encoder_dtype: str = "float32") -> Path:
     """Like :func:`extract`, but every clip carries speech (:func:`speech_under`, fixed seed per clip)."""
     bank = speech_bank(seed)
 
@@ -269,7 +295,7 @@ def extract_speech_mixed(model_name: str, rows: list[dict], names: list[str], ou
 
     return _write_features(model_name, rows, names, out_dir, batch_size,
                            f"ESC-50 + espeak-ng speech at {AUG_SNR_DB} dB, seed {seed}", clip_audio,
-                           "speech-mixed features", "--speech_features")
+                           "speech-mixed features", "--speech_features", encoder_dtype)
 
 
 def load_all_taps(features: Path) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
@@ -441,7 +467,11 @@ def main(argv: list[str] | None = None) -> int:
                                              "(default: the config's, i.e. the paper's per-size value)")
     ap.add_argument("--folds", default="1,2,3,4,5")
     ap.add_argument("--epochs", type=int, default=0, help="override configs/esc50.py's 30 epochs (0: keep)")
-    ap.add_argument("--features", default="", help="features folder (default /tmp/esc50_feats_MODEL)")
+    ap.add_argument("--features", default="", help="features folder (default /tmp/esc50_feats_MODEL, with "
+                    "_bfloat16 appended for --encoder_dtype bfloat16)")
+    ap.add_argument("--encoder_dtype", default="", choices=["", *ENCODER_DTYPES],
+                    help="encoder compute dtype of the feature extraction (default: configs/esc50.py's "
+                    "encoder_dtype, the trainer's online-mode setting)")
     ap.add_argument("--out", required=True, help="results folder (results.json, per-run workdirs)")
     ap.add_argument("--default_head", default="", help="train the speech-augmented head (mode --head_mode, lr: the "
                     "first of --lr) on all folds but --hold_out (0: all folds) and save it here")
@@ -449,23 +479,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hold_out", type=int, default=0, help="--default_head: fold left out and measured (0: none)")
     ap.add_argument("--loss", default="bce", choices=["bce", "softmax"], help="--default_head's loss")
     ap.add_argument("--speech_features", default="", help="speech-mixed features folder "
-                    "(default /tmp/esc50_feats_MODEL_speech)")
+                    "(default /tmp/esc50_feats_MODEL[_bfloat16]_speech)")
     args = ap.parse_args(argv)
 
     try:
-        features = Path(args.features or f"/tmp/esc50_feats_{Path(args.model).name}")
+        enc_dtype = args.encoder_dtype
+        if not enc_dtype:
+            from configs import esc50 as esc_config
+
+            enc_dtype = str(esc_config.get_config(args.model).encoder_dtype)
+        features = Path(args.features) if args.features else default_features(args.model, enc_dtype)
         if args.shared:
             rows, names = read_meta(find_esc50(args.shared))
-            extract(args.model, rows, names, features)
+            extract(args.model, rows, names, features, encoder_dtype=enc_dtype)
             have_folds = {r["fold"] for r in rows}
         elif args.default_head:
             raise ESC50Error("--default_head needs --shared (it mixes speech into the ESC-50 audio)")
         elif not (features / "meta.json").is_file():
             raise ESC50Error(f"--shared is needed: {features} holds no complete features to train from")
         else:
-            feats_model = json.loads((features / "meta.json").read_text()).get("model")
+            feats_meta = json.loads((features / "meta.json").read_text())
+            feats_model = feats_meta.get("model")
             if feats_model != args.model:
                 raise ESC50Error(f"{features} holds {feats_model} features, not --model {args.model}'s")
+            if features_dtype(feats_meta) != enc_dtype:
+                raise ESC50Error(f"{features} holds taps of a {features_dtype(feats_meta)} encoder, not "
+                                 f"--encoder_dtype {enc_dtype}'s")
             have_folds = set(np.load(features / "train-folds.npy").tolist())
         folds = [int(f) for f in args.folds.split(",") if f.strip()]
         if not folds or any(f not in have_folds for f in folds):
@@ -483,7 +522,9 @@ def main(argv: list[str] | None = None) -> int:
 
         lr = lrs[0] if lrs[0] is not None else float(esc_config.get_config(f"{args.model},{mode}").lr)
         mixed = extract_speech_mixed(args.model, rows, names,
-                                     Path(args.speech_features or f"/tmp/esc50_feats_{Path(args.model).name}_speech"))
+                                     Path(args.speech_features) if args.speech_features
+                                     else default_features(args.model, enc_dtype, "_speech"),
+                                     encoder_dtype=enc_dtype)
         hold = args.hold_out or None
         params, metrics = train_speech_head(args.model, mode, lr, features, mixed, names, hold,
                                             out / "work" / f"default_{args.head_mode}_hold{args.hold_out}",
@@ -495,7 +536,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     res_path = out / "results.json"
-    runs: list[dict] = json.loads(res_path.read_text())["runs"] if res_path.is_file() else []
+    prev = json.loads(res_path.read_text()) if res_path.is_file() else {}
+    if prev and features_dtype(prev) != enc_dtype:  # one results folder per encoder dtype: never mix the two
+        print(f"error: {res_path} holds runs on {features_dtype(prev)} taps, not --encoder_dtype {enc_dtype}'s; "
+              "give another --out", file=sys.stderr)
+        return 2
+    runs: list[dict] = prev.get("runs", [])
     done = {(r["head"] if r.get("layer") is None or r["head"] == "linear" else "linear_layers", r.get("lr"),
              r["fold"], r.get("layer")) for r in runs}
 
@@ -507,7 +553,8 @@ def main(argv: list[str] | None = None) -> int:
         mine = {key(r) for r in runs}
         if res_path.is_file():
             runs.extend(r for r in json.loads(res_path.read_text())["runs"] if key(r) not in mine)
-        atomic_write_text(res_path, json.dumps({"model": args.model, "features": str(features), "runs": runs,
+        atomic_write_text(res_path, json.dumps({"model": args.model, "features": str(features),
+                                                "encoder_dtype": enc_dtype, "runs": runs,
                                                 "summary": summarise(runs)}, indent=1))
 
     xm = ym = fm = None

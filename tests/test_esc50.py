@@ -131,6 +131,52 @@ def test_training_from_complete_features_needs_no_dataset(tmp_path: Path, capsys
     assert "--shared is needed" in capsys.readouterr().err
 
 
+def test_encoder_dtype_has_its_own_features_and_results(tmp_path: Path, capsys, monkeypatch) -> None:
+    """--encoder_dtype: bf16 taps get their own default folder, reach the trainer's extraction as its dtype, are
+    recorded in meta.json and results.json, and are never mixed with fp32 taps or fp32 results (no encoding here:
+    the extraction is replaced by a recorder)."""
+    import whisper_at_jax.train as wtrain
+
+    assert esc50.default_features("tiny.en") == Path("/tmp/esc50_feats_tiny.en")  # the historical name
+    assert esc50.default_features("base", "bfloat16") == Path("/tmp/esc50_feats_base_bfloat16")
+    assert esc50.default_features("base", "bfloat16", "_speech") == Path("/tmp/esc50_feats_base_bfloat16_speech")
+
+    seen = []
+
+    def fake_extract(model, batches, writer, *, pool, dtype="float32", batch_size=None, progress=False, mesh=None):
+        seen.append(dtype)
+        n = 0
+        for b in batches:
+            keep = b["mask"] > 0.5
+            taps = np.zeros((len(b["audio"]), model.dims.n_audio_layer, 25, model.dims.n_audio_state), np.float32)
+            writer.add(taps[keep], b["labels"][keep], [i for i, k in zip(b["id"], keep) if k], b["fold"][keep])
+            n += int(keep.sum())
+        return n
+
+    monkeypatch.setattr(wtrain, "extract_features", fake_extract)
+    rows = [{"id": f"c{i}", "path": "", "fold": 1 + i % 2, "target": i % 2, "category": "x"} for i in range(4)]
+    feats = esc50._write_features("tiny.en", rows, ["a", "b"], tmp_path / "f", 4, "test",
+                                  lambda _, chunk: np.zeros((len(chunk), 80000), np.float32), "features",
+                                  "--features", encoder_dtype="bfloat16")
+    assert seen == ["bfloat16"]
+    assert json.loads((feats / "meta.json").read_text())["encoder_dtype"] == "bfloat16"
+    with pytest.raises(esc50.ESC50Error, match="encoder bfloat16; wanted tiny.en, 4 clips, encoder float32"):
+        esc50.extract("tiny.en", rows, ["a", "b"], feats)  # fp32 asked, bf16 folder: refused, not reused
+
+    fp32 = _separable_features(tmp_path / "fp32")  # a folder without the key: float32
+    out = tmp_path / "out"
+    base = ["--model", "tiny.en", "--heads", "linear", "--folds", "1,2", "--out", str(out)]
+    assert esc50.main(base + ["--features", str(fp32), "--encoder_dtype", "bfloat16"]) == 2
+    assert "holds taps of a float32 encoder, not --encoder_dtype bfloat16's" in capsys.readouterr().err
+    assert esc50.main(base + ["--features", str(fp32)]) == 0
+    assert json.loads((out / "results.json").read_text())["encoder_dtype"] == "float32"
+    bf16 = _separable_features(tmp_path / "bf16")
+    meta = json.loads((bf16 / "meta.json").read_text())
+    (bf16 / "meta.json").write_text(json.dumps({**meta, "encoder_dtype": "bfloat16"}))
+    assert esc50.main(base + ["--features", str(bf16), "--encoder_dtype", "bfloat16"]) == 2  # fp32 results there
+    assert "holds runs on float32 taps" in capsys.readouterr().err
+
+
 @pytest.mark.slow  # ~50 s alone on this CPU (160 clips encoded), ~100 s under the team's load
 @pytest.mark.skipif(not HAS_ESC50, reason="needs ../shared/data/esc50")
 def test_one_fold_through_the_trainer_is_well_above_chance(tmp_path: Path) -> None:
