@@ -235,14 +235,9 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     try:
-        head = args.head or None
-        if head is None and args.tags_only:  # tags asked for: a downloadable name gets its AudioSet head
-            from whisper_at_jax.api import shipped_head_dir
-            from whisper_at_jax.hub import AT_HEADS
-
-            if args.model in AT_HEADS and shipped_head_dir(args.model) is None:
-                head = "audioset"
-        model = wat.load_model(args.model, dtype=args.dtype, at_head=head)
+        model = wat.load_model(args.model, dtype=args.dtype, at_head=args.head or None)
+        if args.tags_only:  # tags asked for: a name with an official AudioSet head gets it (the library's rule)
+            model.attach_default_head()
     except (CheckpointError, ValueError, OSError) as e:
         print(f"error: cannot load model {args.model!r}: {e}", file=sys.stderr)
         return 2

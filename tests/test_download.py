@@ -28,6 +28,7 @@ from whisper_at_jax import convert as convert_pkg
 from whisper_at_jax import hub
 from whisper_at_jax.convert import CheckpointError, params_to_state_dict, resolve
 from whisper_at_jax.convert.openai import flatten
+from whisper_at_jax.transcribe import TranscribeError
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_PREFIX = "/main/whisper/models"
@@ -196,6 +197,74 @@ def test_audioset_head_through_redirects_recorded_and_pinned(served, tmp_path, m
     with pytest.raises(CheckpointError, match="differs from the first download"):
         wat.load_model("tiny.en", at_head="audioset")
     assert not head.exists() and not head.with_name(head.name + ".part").exists()
+
+
+def _head_gets(server) -> int:
+    return sum(path == server.head_path for path, _ in server.log)
+
+
+@pytest.fixture()
+def unshipped(served, monkeypatch):
+    """tiny.en as a downloaded name with no head shipped for it (as tiny, small ... large-v2): the package's ESC-50
+    head hidden, so tags mean the official AudioSet head."""
+    from whisper_at_jax import api
+
+    monkeypatch.setattr(api, "shipped_head_dir", lambda name: None)
+    return served
+
+
+def test_tags_fetch_the_audioset_head_once_lazily(unshipped, speech, monkeypatch):
+    model = wat.load_model("tiny.en")
+    assert model.head_params is None and model.default_head == "tiny.en"
+    assert _head_gets(unshipped) == 0, "loading without tags must not fetch a head"
+    clip = speech[: 16000 * 4]
+    # offline and not cached: the error names the head's file and URL, nothing is requested, nothing is attached
+    monkeypatch.setenv(hub.OFFLINE_ENV, "1")
+    with pytest.raises(CheckpointError, match=rf"tiny\.en_ori\.pth.*{hub.OFFLINE_ENV}.*{unshipped.base}/s/atq9so"):
+        model.tag(clip, at_time_res=2)
+    assert _head_gets(unshipped) == 0 and model.head_params is None
+    monkeypatch.delenv(hub.OFFLINE_ENV)
+    tags = model.tag(clip, at_time_res=2)
+    assert _head_gets(unshipped) == 1 and model.head_config["n_classes"] == 527
+    assert tags["audio_tag"].shape == (2, 527) and len(model.head_config["labels"]) == 527
+    n = len(unshipped.log)
+    again = model.tag(clip, at_time_res=2)
+    explicit = wat.load_model("tiny.en", at_head="audioset").tag(clip, at_time_res=2)  # the same head, from cache
+    assert len(unshipped.log) == n
+    np.testing.assert_array_equal(again["audio_tag"], tags["audio_tag"])
+    np.testing.assert_array_equal(explicit["audio_tag"], tags["audio_tag"])
+    # a name whisper-at has no head for fetches nothing and says there is no head
+    monkeypatch.delitem(hub.AT_HEADS, "tiny.en")
+    with pytest.raises(TranscribeError, match="no Whisper-AT head"):
+        wat.load_model("tiny.en").tag(clip, at_time_res=2)
+    assert len(unshipped.log) == n
+
+
+@pytest.mark.slow
+def test_transcription_alone_never_fetches_a_head_at_time_res_once(unshipped, speech):
+    model = wat.load_model("tiny.en")
+    clip = speech[: 16000 * 4]
+    plain = model.transcribe(clip, temperature=0.0)
+    assert "audio_tag" not in plain and _head_gets(unshipped) == 0
+    tagged = model.transcribe(clip, temperature=0.0, at_time_res=2)
+    assert _head_gets(unshipped) == 1
+    assert tagged["text"] == plain["text"] and tagged["audio_tag"].shape == (2, 527)
+    n = len(unshipped.log)
+    second = model.transcribe(clip, temperature=0.0, at_time_res=2)
+    assert len(unshipped.log) == n
+    np.testing.assert_array_equal(second["audio_tag"], tagged["audio_tag"])
+
+
+def test_cli_tags_only_uses_the_library_rule(unshipped, speech, tmp_path, monkeypatch):
+    import soundfile as sf
+
+    monkeypatch.setenv("WHISPER_AT_JAX_CACHE", "")  # no persistent compile cache from inside the test process
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, speech[: 16000 * 4], 16000)
+    out = tmp_path / "out"
+    assert _script("infer").main([str(wav), "--model", "tiny.en", "--tags-only", "-f", "json", "-o", str(out)]) == 0
+    assert _head_gets(unshipped) == 1
+    assert len(json.loads((out / "clip.json").read_text())["audio_tag"][0]) == 527
 
 
 def test_dropped_connection_resumes_with_range(served, tmp_path):

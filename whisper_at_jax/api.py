@@ -32,7 +32,7 @@ class WhisperModel:
 
     def __init__(self, dims: ModelDimensions, params: dict, *, tokenizer_file: str | None = None,
                  source: str = "", whisper_meta: dict | None = None, dtype: str | Any = "float32",
-                 head_params: dict | None = None, head_config: dict | None = None):
+                 head_params: dict | None = None, head_config: dict | None = None, default_head: str | None = None):
         self.dims = dims
         self.dtype = compute_dtype(dtype)
         self.module = Whisper(dims, dtype=self.dtype)
@@ -42,6 +42,8 @@ class WhisperModel:
         self.whisper_meta = whisper_meta or {}
         self.head_params = None if head_params is None else jax.tree.map(jnp.asarray, head_params)
         self.head_config = head_config
+        # the model name whose official AudioSet head attach_default_head() fetches when tags are first asked for
+        self.default_head = default_head
         self._tokenizer = None
 
     @property
@@ -89,6 +91,18 @@ class WhisperModel:
             out = jax.tree.map(lambda x: x[0], out)
         return out
 
+    def attach_default_head(self) -> bool:
+        """Attach the official Whisper-AT AudioSet head (527 classes) of the name this model was loaded by, if it
+        has no head and whisper-at publishes one for it: downloaded once and verified (see :func:`official_head`;
+        ``WHISPER_AT_JAX_OFFLINE=1`` makes a missing head an error naming its URL and file). ``transcribe(...,
+        at_time_res=...)`` and ``tag()`` call it, as whisper-at's ``load_model`` attaches its head; transcription
+        alone never downloads a head. Returns whether the model now has a head."""
+        if self.head_params is None and self.default_head is not None:
+            params, self.head_config = convert.load_at_head(official_head(self.default_head), self.dims)
+            self.head_params = jax.tree.map(jnp.asarray, params)
+            self.default_head = None
+        return self.head_params is not None
+
     def transcribe(self, audio: Any, **options: Any) -> dict:
         """Transcript (+ sound tags with ``at_time_res``): see :func:`whisper_at_jax.transcribe.transcribe`."""
         from .transcribe import transcribe
@@ -135,17 +149,26 @@ def shipped_head_dir(name: str) -> str | None:
 _HEAD_MODES = {False: "tl_tr_1_8", True: "tl_down_tr_512_1_8"}  # the released heads' modes (ori, low)
 
 
+def head_model_name(model_name: str) -> str:
+    """The openai-whisper name whose Whisper-AT heads fit ``model_name``: itself, or X for the Hub repos
+    ``openai/whisper-X`` and ``distil-whisper/distil-X`` (distil-whisper's encoder is its teacher's, copied and
+    frozen, so the teacher's head reads it unchanged)."""
+    from . import hub
+
+    for prefix in ("openai/whisper-", "distil-whisper/distil-"):
+        if model_name.startswith(prefix) and model_name[len(prefix):] in hub.AT_HEADS:
+            return model_name[len(prefix):]
+    return model_name
+
+
 def official_head(model_name: str, low_compute: bool = False) -> str:
-    """Path of the official Whisper-AT AudioSet head for an openai-whisper model name, downloaded (and checked: it
-    loads with ``weights_only=True`` as that size's TL-TR head with 527 classes) on first use."""
+    """Path of the official Whisper-AT AudioSet head for an openai-whisper model name (or a Hub name that
+    :func:`head_model_name` maps to one), downloaded (and checked: it loads with ``weights_only=True`` as that
+    size's TL-TR head with 527 classes) on first use."""
     from . import hub
     from .model import dims_for
 
-    # Hub repos of OpenAI's models, and distil-whisper's (whose encoder is the teacher's, copied and frozen), take
-    # the head of the Whisper they came from
-    for prefix in ("openai/whisper-", "distil-whisper/distil-"):
-        if model_name.startswith(prefix) and model_name[len(prefix):] in hub.AT_HEADS:
-            model_name = model_name[len(prefix):]
+    model_name = head_model_name(model_name)
     try:
         key = hub.head_key(model_name, low_compute)
     except KeyError as e:
@@ -155,9 +178,7 @@ def official_head(model_name: str, low_compute: bool = False) -> str:
     mode = _HEAD_MODES[low_compute]
 
     def verify(path) -> None:
-        from .convert.at_head import load_at_head
-
-        _, cfg = load_at_head(path, dims_for(size), mode=mode)
+        _, cfg = convert.load_at_head(path, dims_for(size), mode=mode)
         if cfg["n_classes"] != 527:
             raise convert.CheckpointError(f"{path}: an AudioSet head has 527 outputs, this one {cfg['n_classes']}")
 
@@ -182,22 +203,24 @@ def load_model(name_or_path: str | os.PathLike = "tiny.en", *, dtype: str | Any 
     (TL-TR, or the low-compute TL-TR-512 where whisper-at publishes one), downloaded once;
     ``None`` (default): the checkpoint's own head, else the head shipped with the package for an embedded model
     name (``tiny.en`` and ``base``: ESC-50's 50 classes, see ``whisper_at_jax/assets/heads/``), as whisper-at's
-    ``load_model`` attaches its head; ``False`` for none.
+    ``load_model`` attaches its head; for another name with an official AudioSet head, that head, downloaded only
+    when tags are first asked for (:meth:`WhisperModel.attach_default_head`); ``False`` for none.
     """
+    from . import hub
+
     if isinstance(at_head, str) and at_head in ("audioset", "audioset-low"):  # first: small, and may not exist
         at_head = official_head(str(name_or_path), low_compute=at_head == "audioset-low")
     loaded = convert.resolve(name_or_path)
     head_params, head_config = loaded.head_params, loaded.head_config
-    if at_head is None and head_params is None:
-        shipped = shipped_head_dir(str(name_or_path))
-        if shipped is not None and not os.path.exists(str(name_or_path)):
-            at_head = shipped
+    default_head = None
+    if at_head is None and head_params is None and not os.path.exists(str(name_or_path)):
+        at_head = shipped_head_dir(str(name_or_path))
+        if at_head is None and head_model_name(str(name_or_path)) in hub.AT_HEADS:
+            default_head = str(name_or_path)  # fetched by attach_default_head when tags are asked for
     if at_head is False:
         head_params, head_config = None, None
     elif at_head not in (None, True):
-        from .convert.at_head import load_at_head
-
-        head_params, head_config = load_at_head(at_head, loaded.dims)
+        head_params, head_config = convert.load_at_head(at_head, loaded.dims)
     return WhisperModel(loaded.dims, loaded.params, tokenizer_file=loaded.tokenizer_file, source=loaded.source,
                         whisper_meta=loaded.whisper_meta, dtype=dtype, head_params=head_params,
-                        head_config=head_config)
+                        head_config=head_config, default_head=default_head)

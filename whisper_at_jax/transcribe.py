@@ -189,6 +189,9 @@ def at_time_res_steps(at_time_res: float) -> int:
 
 
 def _require_head(model: Any) -> None:
+    attach = getattr(model, "attach_default_head", None)  # a model loaded by name fetches its AudioSet head now
+    if attach is not None:
+        attach()
     if getattr(model, "head_params", None) is None or not (getattr(model, "head_config", None) or {}).get("mode"):
         raise TranscribeError("this model has no Whisper-AT head: load one with load_model(..., at_head=PATH) "
                               "to get sound tags")
