@@ -424,6 +424,24 @@ def test_cli_convert_by_name_with_audioset_head_and_list_models(served, tmp_path
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()}
     assert rows["tiny.en"][3:5] == ["cached", "cached"] and rows["tiny.en"][5] == "cached"  # .pt, converted, head
     assert rows["small"][3] == "-" and "large-v2" in rows["large"][-1] + " ".join(rows["large"])
+    # a cached file's own size; others nominal, marked ~, from the dims (the network is not asked)
+    assert rows["tiny.en"][1:3] == [f"{len(served.files[served.model_path]) / 1e6:.1f}", "MB"]
+    assert rows["small"][1:3] == ["~483.5", "MB"] and rows["large-v3"][1:3] == ["~3.09", "GB"]
+
+
+def test_nominal_size_counts_the_state_dict(ref, pt_bytes):
+    import dataclasses
+
+    import jax
+
+    from whisper_at_jax.model import dims_for, param_shapes
+
+    assert hub.nominal_bytes(ref.dims) == 2 * sum(v.size for v in params_to_state_dict(ref.params).values())
+    assert 0 < len(pt_bytes) - hub.nominal_bytes(ref.dims) < 0.001 * len(pt_bytes)  # a real fp16 .pt's pickle
+    # the other terms (128 mels, large-v3's vocabulary, fewer decoder than encoder layers), on a narrow copy
+    dims = dataclasses.replace(dims_for("large-v3"), n_audio_state=64, n_text_state=64, n_audio_head=2,
+                               n_text_head=2, n_audio_layer=2, n_text_layer=1)
+    assert hub.nominal_bytes(dims) == 2 * sum(int(np.prod(x.shape)) for x in jax.tree.leaves(param_shapes(dims)))
 
 
 def test_missing_head_refused_before_any_model_download(served, tmp_path):

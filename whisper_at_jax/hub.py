@@ -94,11 +94,6 @@ AT_HEADS: dict[str, str] = {
     "large_low": "https://www.dropbox.com/s/jw2rh4uylhqgn85/large-v2_low.pth?dl=1",
 }
 
-# Approximate download sizes of the OpenAI checkpoints (fp16: parameter count x 2 bytes), for listings; ".en" alike.
-MODEL_SIZES: dict[str, str] = {"tiny": "75 MB", "base": "145 MB", "small": "484 MB", "medium": "1.5 GB",
-                               "large-v1": "3.1 GB", "large-v2": "3.1 GB", "large-v3": "3.1 GB", "large": "3.1 GB",
-                               "large-v3-turbo": "1.6 GB", "turbo": "1.6 GB"}
-
 OFFLINE_ENV = "WHISPER_AT_JAX_OFFLINE"
 BASE_URL_ENV = "WHISPER_AT_JAX_BASE_URL"
 _CHUNK = 1 << 20
@@ -329,23 +324,48 @@ def hub_snapshot(repo_id: str, revision: str | None = None) -> Path:
     return Path(path)
 
 
+def nominal_bytes(dims) -> int:
+    """The fp16 tensor bytes of the state dict of a Whisper of ``dims`` (a :class:`model.ModelDimensions`; a
+    name's from :func:`model.dims_for`): what OpenAI's ``.pt`` holds (fp16 weights), whose pickle adds 0.01-0.07%
+    (tiny.en ... large-v3, against the released files' sizes). The nominal size of a file that is not here (a
+    listing does not ask the network)."""
+    da, dt = dims.n_audio_state, dims.n_text_state
+    ln = 2  # LayerNorm: scale and bias per channel
+    attn_a = 4 * da * da + 3 * da  # q, k, v, out; k without bias
+    enc = (dims.n_mels * da * 3 + da + da * da * 3 + da + dims.n_audio_ctx * da  # convs, sinusoid table
+           + dims.n_audio_layer * (attn_a + 8 * da * da + 5 * da + 2 * ln * da) + ln * da)
+    attn_t = 4 * dt * dt + 3 * dt
+    cross = 2 * dt * dt + 2 * dt * da + 3 * dt  # q, out from the text; k, v from the audio states
+    dec = (dims.n_vocab * dt + dims.n_text_ctx * dt
+           + dims.n_text_layer * (attn_t + cross + 8 * dt * dt + 5 * dt + 3 * ln * dt) + ln * dt)
+    return 2 * (enc + dec)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
 def list_models() -> list[str]:
     """One line per model name: download size, whether its checkpoint / converted copy / AudioSet heads are cached."""
     from .convert import converted_model_dir, embedded_model_dir
     from .convert.checkpoint import is_checkpoint
+    from .model import dims_for
 
-    lines = [f"{'name':<15} {'size':>8}  {'checkpoint':<11} {'converted':<10} audioset heads (ori / low)"]
+    lines = [f"{'name':<15} {'size':>9}  {'checkpoint':<11} {'converted':<10} audioset heads (ori / low)"]
     for name in OPENAI_MODELS:
-        size = MODEL_SIZES[name[:-3] if name.endswith(".en") else name]
+        cached = model_file(name).is_file()
+        size = _size(model_file(name).stat().st_size) if cached else "~" + _size(nominal_bytes(dims_for(name)))
         embedded = name in ("tiny.en", "base") and embedded_model_dir(name) is not None
-        pt = "embedded" if embedded else ("cached" if model_file(name).is_file() else "-")
+        pt = "embedded" if embedded else ("cached" if cached else "-")
         conv = "cached" if is_checkpoint(converted_model_dir(name)) else "-"
         heads = []
         for low in (False, True):
             key = f"{name}_low" if low else name
             heads.append("n/a" if key not in AT_HEADS else "cached" if head_file(key).is_file() else "-")
         alias = {"large": "  (= large-v2, as in Whisper-AT)", "turbo": "  (= large-v3-turbo)"}.get(name, "")
-        lines.append(f"{name:<15} {size:>8}  {pt:<11} {conv:<10} {' / '.join(heads)}{alias}")
+        lines.append(f"{name:<15} {size:>9}  {pt:<11} {conv:<10} {' / '.join(heads)}{alias}")
+    lines.append("size: of the cached .pt; ~: nominal, the fp16 tensor bytes of that size's dims (OpenAI's file "
+                 "is <0.1% larger)")
     lines.append(f"checkpoints and heads: {whisper_cache_dir()}; converted: "
                  f"{converted_model_dir('tiny').parent}; also any Hugging Face Hub repo id (owner/name)")
     return lines
