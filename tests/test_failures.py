@@ -5,6 +5,7 @@ errors before any training."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 import pytest
@@ -179,43 +181,145 @@ def test_infinite_metrics_reach_jsonl_not_tensorboard(tmp_path, recwarn, caplog)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# A full disk: RLIMIT_FSIZE in a subprocess (writes past the limit fail with EFBIG, as on a full disk with ENOSPC;
-# needs no root, unlike a small tmpfs)
+# A full disk and a read-only work directory. A full disk is RLIMIT_FSIZE in a subprocess (writes past the limit
+# fail with EFBIG, as on a full disk with ENOSPC; needs no root, unlike a small tmpfs). A read-only folder is a
+# read-only bind mount in a private mount namespace (`unshare --map-root-user --mount`: no privilege needed where
+# user namespaces are allowed, and it stops root, whom chmod does not), else chmod for a non-root user.
 
-DISK_FULL = """
+TRAIN = """
 import resource, signal, sys
 sys.path.insert(0, {tests!r})
 from test_train import small_config
 from whisper_at_jax import train as T
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of death by SIGXFSZ
-resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+config = small_config({work!r}, **{over!r})
+model = None
+if config.export:  # loaded (and cached, on a first load) before any limit
+    from whisper_at_jax.api import load_model
+    model = load_model(config.model, at_head=False)
+fsize = {fsize!r}
+if fsize is not None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of death by SIGXFSZ
+    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 try:
-    T.train(small_config({work!r}, **{over!r}))
+    T.train(config, model=model)
 except T.TrainError as e:
     print(e, file=sys.stderr)
     sys.exit(2)
 """
 
+#: unshare's sh -c script: $0 (the folder) becomes a read-only bind mount of itself, then the command runs.
+_RO_SCRIPT = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && exec "$@"'
 
-def test_disk_full_during_a_checkpoint_save_is_a_clear_error(finished_run, random_features, tmp_path):  # noqa: F811
+
+@contextlib.contextmanager
+def _blocked(how: str, folder: Path, fsize: int = 4096) -> Iterator[dict]:
+    """``_train_subprocess`` keywords under which writes fail: ``"disk_full"`` (files past ``fsize`` bytes) or
+    ``"read_only"`` (``folder`` is read-only)."""
+    if how == "disk_full":
+        yield {"fsize": fsize}
+        return
+    prefix = ["unshare", "--map-root-user", "--mount", "sh", "-c", _RO_SCRIPT, str(folder)]
+    try:
+        probe = subprocess.run(prefix + ["sh", "-c", 'test -d "$0" && ! touch "$0/.probe"', str(folder)],
+                               capture_output=True, text=True, timeout=60)
+        mounted = probe.returncode == 0
+    except FileNotFoundError:  # no unshare
+        mounted = False
+    if mounted:
+        yield {"prefix": prefix}
+        return
+    if os.geteuid() == 0:
+        pytest.skip("root without mount namespaces (unshare --map-root-user --mount fails here): chmod does not "
+                    "stop root, so a read-only folder cannot be made")
+    mode = folder.stat().st_mode
+    folder.chmod(0o555)
+    try:
+        yield {}
+    finally:
+        folder.chmod(mode)
+
+
+def _files(folder: Path, skip: Sequence[str] = ()) -> dict[str, bytes]:
+    """Every regular file under ``folder`` (relative path -> bytes), but those under the top-level names ``skip``."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*")
+            if p.relative_to(folder).parts[0] not in skip and p.is_file() and not p.is_symlink()}
+
+
+def _train_subprocess(work: Path, over: dict, fsize: int | None = None, prefix: Sequence[str] = ()
+                      ) -> subprocess.CompletedProcess:
+    """``T.train(small_config(work, **over))`` in a subprocess (a TrainError -> its message on stderr, exit 2)."""
+    code = TRAIN.format(tests=str(Path(__file__).parent), work=str(work), over=over, fsize=fsize)
+    r = subprocess.run([*prefix, sys.executable, "-c", code], env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                       capture_output=True, text=True, timeout=600)
+    print(r.stderr[-600:])
+    return r
+
+
+@pytest.mark.parametrize("how", ["disk_full", "read_only"])
+def test_a_failed_checkpoint_save_is_a_clear_error(finished_run, random_features, tmp_path, how):  # noqa: F811
     src, _ = finished_run
     work = tmp_path / "run"
     shutil.copytree(src, work)
     (work / "metrics.jsonl").unlink()  # appending to a file already over the limit would fail first
     head_before = (work / "final_head.npz").read_bytes()
+    ckpt_before = _files(work / "ckpt")
     over = {"data.features": str(random_features), **OVER, "epochs": 4}
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    r = subprocess.run([sys.executable, "-c", DISK_FULL.format(tests=str(Path(__file__).parent), work=str(work),
-                                                              over=over)],
-                       env=env, capture_output=True, text=True, timeout=600)
-    print(r.stderr[-600:])
+    with _blocked(how, work / "ckpt") as blocked:
+        r = _train_subprocess(work, over, **blocked)
     assert r.returncode == 2, r.stderr[-3000:]
     assert f"saving checkpoint 16 in {(work / 'ckpt').absolute()} failed" in r.stderr
     assert "intact checkpoints there: [4, 8, 12]" in r.stderr
     assert (work / "final_head.npz").read_bytes() == head_before  # the previous head stays
+    after = _files(work / "ckpt")
+    assert {k: v for k, v in after.items() if k.split("/")[0] in ("4", "8", "12")} == ckpt_before  # untouched
     # The previous checkpoint is intact: the same run without the limit resumes from it and finishes.
     res = T.train(small_config(work, **over))
     assert res["start_step"] == 12
+
+
+@pytest.fixture(scope="module")
+def tiny_en_features(tmp_path_factory) -> Path:
+    """Random taps of tiny.en's shape (4 layers x 5 steps x 384), 16 examples of 4 classes: enough to train for
+    the export, which needs the model."""
+    d = tmp_path_factory.mktemp("tinyfeat")
+    rng = np.random.default_rng(0)
+    meta = {"model": "tiny.en", "n_layers": 4, "width": 384, "steps": 5, "pool": 20, "labels": list("abcd")}
+    w = T.FeatureWriter(d, "train", meta, shard_size=16, dtype="float16")
+    w.add(rng.normal(size=(16, 4, 5, 384)), np.eye(4)[np.arange(16) % 4], [f"t{i}" for i in range(16)])
+    w.close()
+    return d
+
+
+@pytest.mark.parametrize("how", ["disk_full", "read_only"])
+def test_a_failed_head_or_export_write_keeps_the_previous_ones(tiny_en_features, tmp_path, how):
+    """A full disk during the export (the head fits under the limit, tiny.en's weights do not) and a read-only
+    work directory at the final head (its first write after training; the logs live elsewhere): the error names
+    the file, and the previous final_head.npz and export/ are as they were, with no temporary file left."""
+    work = tmp_path / "run"
+    (work / "export").mkdir(parents=True)
+    before = {"final_head.npz": b"the previous head", "export/config.json": b"the previous export"}
+    for name, data in before.items():
+        (work / name).write_bytes(data)
+    if how == "read_only":  # the logs (opened before training) live on a writable disk
+        for name in ("metrics.jsonl", "tb"):
+            (tmp_path / name).mkdir() if name == "tb" else (tmp_path / name).touch()
+            (work / name).symlink_to(tmp_path / name)
+    over = {"data.features": str(tiny_en_features), "data.fold": -1, "data.eval_split": "", "eval_every_epochs": 0,
+            "epochs": 1, "steps_per_epoch": 2, "export": True, "model": "tiny.en"}
+    with _blocked(how, work, fsize=16 << 20) as blocked:
+        r = _train_subprocess(work, over, **blocked)
+    assert r.returncode == 2, r.stderr[-3000:]
+    failed = work / ("export" if how == "disk_full" else "final_head.npz")
+    assert f"writing {failed} failed" in r.stderr and "a previous" in r.stderr, r.stderr[-3000:]
+    assert not [p.name for p in work.iterdir() if p.name.startswith(".")]  # no temporary file or folder
+    after = _files(work, skip=("metrics.jsonl", "tb"))
+    kept = {"export/config.json": before["export/config.json"]}  # the previous export, as it was
+    if how == "read_only":
+        assert after == {**kept, "final_head.npz": before["final_head.npz"]}
+    else:  # the head was written (it fits) before the export failed
+        assert after.keys() == {*kept, "final_head.npz"} and after["export/config.json"] == kept["export/config.json"]
+        with np.load(work / "final_head.npz") as z:
+            assert z.files
 
 
 FEATURES_FULL = """

@@ -794,10 +794,12 @@ def _checkpoint_io(mngr: Any, step: int | None = None) -> Iterator[None]:
 
 def _write_output(path: Path, fn: Callable[[], Any]) -> Any:
     """Run an atomic write (head, export, result, feature files), turning a disk error into a TrainError naming
-    ``path``."""
+    ``path``. The export's weight writer (safetensors) reports a disk error as its own type, not an OSError."""
+    from safetensors import SafetensorError
+
     try:
         return fn()
-    except OSError as e:
+    except (OSError, SafetensorError) as e:
         raise TrainError(f"writing {path} failed ({e}); disk full or read-only? a previous {path.name} is kept "
                          "as it was") from e
 
