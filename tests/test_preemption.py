@@ -18,6 +18,7 @@ import pytest
 
 from test_train import _final, _free_port, _train_cmd, compile_cache, random_features, sub_env  # noqa: F401
 
+from whisper_at_jax import train as T
 from whisper_at_jax.train import EXIT_PREEMPTED
 
 EXTRA = ("--config.steps_per_epoch=40", "--config.epochs=4", "--config.checkpoint.every_steps=25",
@@ -59,12 +60,29 @@ def _check_preempted(err: str, workdir: Path, seen: int) -> int:
     return n
 
 
-def test_sigterm_saves_and_resumes_exactly(random_features, compile_cache, tmp_path):
-    env = sub_env(compile_cache, 1)
-    full = subprocess.run(_train_cmd(random_features, tmp_path / "full", *EXTRA), env=env, capture_output=True,
-                          text=True, timeout=600)
+@pytest.fixture(scope="module")
+def uninterrupted(random_features, compile_cache, tmp_path_factory) -> dict:  # noqa: F811
+    """The final head of the single-process run without interruption."""
+    work = tmp_path_factory.mktemp("full")
+    full = subprocess.run(_train_cmd(random_features, work, *EXTRA), env=sub_env(compile_cache, 1),
+                          capture_output=True, text=True, timeout=600)
     assert full.returncode == 0, full.stderr[-3000:]
+    return _final(work)
 
+
+def _resume_equals(uninterrupted: dict, features: Path, work: Path, env: dict) -> str:  # noqa: F811
+    """Re-run the command in ``work``: it finishes on the uninterrupted run's head, bit for bit; returns stderr."""
+    resumed = subprocess.run(_train_cmd(features, work, *EXTRA), env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    b = _final(work)
+    for k in uninterrupted:
+        assert np.array_equal(uninterrupted[k], b[k]), k
+    return resumed.stderr
+
+
+def test_sigterm_saves_and_resumes_exactly(uninterrupted, random_features, compile_cache, tmp_path):  # noqa: F811
+    env = sub_env(compile_cache, 1)
     work = tmp_path / "pre"
     p = subprocess.Popen(_train_cmd(random_features, work, *EXTRA), env=env, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True)
@@ -76,13 +94,44 @@ def test_sigterm_saves_and_resumes_exactly(random_features, compile_cache, tmp_p
     n = _check_preempted(err, work, seen)
     print(f"SIGTERM after step {seen}: checkpoint at step {n}, checkpoints {_ckpt_steps(work)}")
 
-    resumed = subprocess.run(_train_cmd(random_features, work, *EXTRA), env=env, capture_output=True, text=True,
-                             timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _resume_equals(uninterrupted, random_features, work, env)
     assert json.loads((work / "result.json").read_text())["start_step"] == n
-    a, b = _final(tmp_path / "full"), _final(work)
-    for k in a:
-        assert np.array_equal(a[k], b[k]), k
+
+
+def test_second_sigterm_during_the_save_leaves_no_false_checkpoint(uninterrupted, random_features, compile_cache,
+                                                                    tmp_path):  # noqa: F811
+    """A second SIGTERM as soon as the preemption save has begun (its folder appears) kills the run mid-save; what
+    it leaves is a temporary folder that the re-run ignores (or, had the save finished, a complete checkpoint),
+    never a step folder that looks complete but is not: the re-run resumes from the newest intact checkpoint to the
+    uninterrupted run's head."""
+    env = sub_env(compile_cache, 1)
+    work = tmp_path / "pre"
+    ckpt = work / "ckpt"
+    p = subprocess.Popen(_train_cmd(random_features, work, *EXTRA), env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    seen = _stop_after([p], work, 30)
+    os.kill(p.pid, signal.SIGTERM)
+    os.kill(p.pid, signal.SIGCONT)
+    deadline, saving = time.time() + 120, []
+    while not saving and p.poll() is None and time.time() < deadline:  # the save of step >= seen begins
+        saving = [n for n in os.listdir(ckpt) if n.split(".")[0].isdigit() and int(n.split(".")[0]) >= seen]
+    if saving:
+        os.kill(p.pid, signal.SIGTERM)
+    _, err = p.communicate(timeout=300)
+    assert saving and p.returncode == -signal.SIGTERM, (saving, p.returncode, err[-3000:])
+    assert "preempted, resumable" not in err
+    left = sorted(os.listdir(ckpt))
+    complete = [int(n) for n in left if n.isdigit() and int(n) >= seen]
+    print(f"second SIGTERM while saving {saving} (after step {seen}): left {left}")
+    # Every step folder left is complete by Orbax's marker; the one being saved is (unless it finished) a
+    # temporary folder, which the re-run names and ignores.
+    assert all(T._step_problem(ckpt / n) is None for n in left if n.isdigit())
+    err = _resume_equals(uninterrupted, random_features, work, env)
+    start = json.loads((work / "result.json").read_text())["start_step"]
+    if complete:
+        assert start == complete[-1]
+    else:
+        assert start == 25 and "a save that never finished" in err, err[-3000:]
 
 
 def _two(features: Path, workdir: Path, env: dict, *extra: str) -> list[subprocess.Popen]:
