@@ -362,15 +362,51 @@ def distil(ref, hub_cache):
 def test_distil_whisper_loads_two_decoder_layers(distil, ref):
     loaded = resolve(distil)
     assert loaded.dims.n_text_layer == 2 and loaded.dims.n_audio_layer == ref.dims.n_audio_layer
-    np.testing.assert_array_equal(flatten(loaded.params)[("encoder", "ln_post", "scale")],
-                                  flatten(ref.params)[("encoder", "ln_post", "scale")])
+    got = flatten(loaded.params)
+    want = {k: v for k, v in flatten(ref.params).items() if k[:2] not in (("decoder", "blocks_2"), ("decoder", "blocks_3"))}
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg="/".join(k))
+
+
+@pytest.fixture()
+def hf_hub_offline(hub_cache, monkeypatch):
+    """huggingface_hub's own switch instead of ours: HF_HUB_OFFLINE=1 (read when it is imported, so its constant
+    too); it refuses every request, so the snapshot must come from its cache."""
+    import huggingface_hub.constants
+
+    monkeypatch.delenv(hub.OFFLINE_ENV, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    return hub_cache
 
 
 @pytest.mark.slow
-def test_distil_whisper_transcribes(distil, speech):
-    model = wat.load_model(distil, at_head=False)
-    out = model.transcribe(speech[: 16000 * 5], temperature=0.0)
-    assert isinstance(out["text"], str) and out["segments"] is not None
+def test_distil_whisper_transcribes_as_openai_whisper_does(distil, hf_hub_offline, speech):
+    """By name, from a Hub snapshot, with HF_HUB_OFFLINE=1: the 2-layer decoder transcribes token for token as
+    openai-whisper's own transcribe() does with the same weights."""
+    import whisper
+
+    model = wat.load_model(distil)
+    assert model.dims.n_text_layer == 2 and model.source.startswith("huggingface:")
+    clip = speech[: 16000 * 5]
+    ours = model.transcribe(clip, temperature=0.0)
+    theirs = whisper.transcribe(model.to_openai_whisper(), clip, temperature=0.0, fp16=False, verbose=None)
+    assert ours["segments"] and [s["tokens"] for s in ours["segments"]] == [s["tokens"] for s in theirs["segments"]]
+    assert ours["text"] == theirs["text"]
+    assert model.head_params is None  # transcription alone fetched no head
+
+
+def test_distil_whisper_tags_are_its_teachers(distil, hf_hub_offline, served, ref, speech):
+    """distil-whisper keeps its teacher's encoder, so tags asked for fetch the teacher's AudioSet head (tiny.en's
+    here, from the local server) and equal the teacher's tags with that head."""
+    model = wat.load_model(distil)
+    clip = speech[: 16000 * 4]
+    tags = model.tag(clip, at_time_res=2)
+    assert _head_gets(served) == 1 and model.head_config["n_classes"] == 527
+    teacher = wat.WhisperModel(ref.dims, ref.params, tokenizer_file=ref.tokenizer_file,
+                               head_params=model.head_params, head_config=model.head_config)
+    np.testing.assert_array_equal(teacher.tag(clip, at_time_res=2)["audio_tag"], tags["audio_tag"])
 
 
 def test_huggingface_offline_snapshot(ref, hub_cache):
