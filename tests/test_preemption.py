@@ -81,14 +81,20 @@ def _resume_equals(uninterrupted: dict, features: Path, work: Path, env: dict) -
     return resumed.stderr
 
 
-def test_sigterm_saves_and_resumes_exactly(uninterrupted, random_features, compile_cache, tmp_path):  # noqa: F811
-    env = sub_env(compile_cache, 1)
-    work = tmp_path / "pre"
-    p = subprocess.Popen(_train_cmd(random_features, work, *EXTRA), env=env, stdout=subprocess.DEVNULL,
+def _sigterm_after_step_30(features: Path, work: Path, env: dict) -> tuple[subprocess.Popen, int]:
+    """Start the run, freeze it once it has logged step 30, send SIGTERM, let it go on; -> (process, step seen)."""
+    p = subprocess.Popen(_train_cmd(features, work, *EXTRA), env=env, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True)
     seen = _stop_after([p], work, 30)
     os.kill(p.pid, signal.SIGTERM)
     os.kill(p.pid, signal.SIGCONT)
+    return p, seen
+
+
+def test_sigterm_saves_and_resumes_exactly(uninterrupted, random_features, compile_cache, tmp_path):  # noqa: F811
+    env = sub_env(compile_cache, 1)
+    work = tmp_path / "pre"
+    p, seen = _sigterm_after_step_30(random_features, work, env)
     _, err = p.communicate(timeout=300)
     assert p.returncode == EXIT_PREEMPTED, err[-3000:]
     n = _check_preempted(err, work, seen)
@@ -107,11 +113,7 @@ def test_second_sigterm_during_the_save_leaves_no_false_checkpoint(uninterrupted
     env = sub_env(compile_cache, 1)
     work = tmp_path / "pre"
     ckpt = work / "ckpt"
-    p = subprocess.Popen(_train_cmd(random_features, work, *EXTRA), env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
-    seen = _stop_after([p], work, 30)
-    os.kill(p.pid, signal.SIGTERM)
-    os.kill(p.pid, signal.SIGCONT)
+    p, seen = _sigterm_after_step_30(random_features, work, env)
     deadline, saving = time.time() + 120, []
     while not saving and p.poll() is None and time.time() < deadline:  # the save of step >= seen begins
         saving = [n for n in os.listdir(ckpt) if n.split(".")[0].isdigit() and int(n.split(".")[0]) >= seen]
