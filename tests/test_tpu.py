@@ -1,6 +1,14 @@
-"""Deviceless TPU compilation (whisper_at_jax.tpu): real TPU compiler via libtpu, reduced Whisper, small slices."""
+"""Deviceless TPU compilation (whisper_at_jax.tpu): the real TPU compiler via libtpu, on a reduced Whisper (the
+architecture of tiny.en at a smaller width and depth, from ``ModelDimensions``) and small slices, so that every
+TPU test together stays within a few minutes on a 2-core CPU. ``benchmarks/tpu_aot.py`` compiles the real sizes."""
 
 from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -9,8 +17,14 @@ import pytest
 pytest.importorskip("libtpu")
 
 from configs import common  # noqa: E402
-from whisper_at_jax import parallel, tpu, train as T  # noqa: E402
+from whisper_at_jax import augment, parallel, tpu, train as T  # noqa: E402
 from whisper_at_jax.heads import make_head  # noqa: E402
+from whisper_at_jax.model import dims_for  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+#: tiny.en's architecture, narrower and shallower (compile time grows with both; the programs do not change)
+REDUCED = dataclasses.replace(dims_for("tiny.en"), n_audio_state=64, n_audio_head=2, n_audio_layer=2,
+                              n_text_state=64, n_text_head=2, n_text_layer=2)
 
 
 def test_bad_topology_names_are_refused_with_the_expected_form():
@@ -22,7 +36,8 @@ def test_bad_topology_names_are_refused_with_the_expected_form():
 
 
 def test_slices_have_one_device_per_chip_and_hosts_as_on_cloud_tpu():
-    for name, chips, hosts in (("v5e:2x4", 8, 1), ("v5e:4x4", 16, 4), ("v4:2x2x1", 4, 1), ("v6e:2x2", 4, 1)):
+    for name, chips, hosts in (("v5e:2x4", 8, 1), ("v5e:4x4", 16, 4), ("v4:2x2x1", 4, 1), ("v4:2x2x2", 8, 2),
+                               ("v6e:2x2", 4, 1)):
         devs = tpu.topology_devices(name)
         assert (len(devs), len({d.process_index for d in devs})) == (chips, hosts), name
 
@@ -33,23 +48,112 @@ def test_batch_that_does_not_split_over_the_chips_is_refused():
         tpu.check_batch(40, mesh, "config.batch_size")
 
 
-def test_cached_step_per_chip_memory_does_not_grow_with_the_global_batch():
-    # 16 rows per chip on 4 and on 64 chips (16 hosts): global batch 64 vs 1024. mixup's partner is a roll
-    # (augment.partner); a permutation of the global batch made every chip hold all of it.
+def _cached_step_report(topology: str, global_batch: int) -> dict:
     c = common.base_config()
     shape = (1, 4, 25, 64)
-    head = make_head(c.head.mode, 4, 64, 8)
-    temps = []
-    for topo, gb in (("v5e:2x2", 64), ("v5e:8x8", 1024)):
-        mesh = tpu.topology_mesh(topo)
-        steps = T.build_steps(c, mesh, head, T.make_optimizer(c, 10), shape)
-        state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                             jax.eval_shape(steps.init), steps.state_sharding)
-        data = parallel.data_sharding(mesh)
-        args = (state, jax.ShapeDtypeStruct((gb,) + shape[1:], jnp.float32, sharding=data),
-                jax.ShapeDtypeStruct((gb, 8), jnp.float32, sharding=data))
-        rep = tpu.compile_report("cached_train_step", steps.cached, args, topo)
-        assert rep["compiled"], rep
-        temps.append(rep["memory_bytes"]["temporaries"])
-    # a gathered batch would be 16x larger on the 64-chip slice (1024 rows of 25.6 KB = 26 MB more per chip)
-    assert temps[1] < 1.25 * temps[0] + (1 << 20), temps
+    mesh = tpu.topology_mesh(topology)
+    steps = T.build_steps(c, mesh, make_head(c.head.mode, 4, 64, 8), T.make_optimizer(c, 10), shape)
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                         jax.eval_shape(steps.init), steps.state_sharding)
+    data = parallel.data_sharding(mesh)
+    args = (state, jax.ShapeDtypeStruct((global_batch,) + shape[1:], jnp.float32, sharding=data),
+            jax.ShapeDtypeStruct((global_batch, 8), jnp.float32, sharding=data))
+    return tpu.compile_report("cached_train_step", steps.cached, args, topology, global_batch)
+
+
+def test_a_batch_gathered_onto_every_chip_is_detected(monkeypatch):
+    # the check the training tests rely on, shown to fire: a data-dependent permutation of the sharded batch as
+    # mixup's partner (what the trainer did before augment.partner became a roll) gathers the whole batch
+    monkeypatch.setattr(augment, "partner", lambda x: x[jnp.argsort(x.reshape(x.shape[0], -1)[:, 0])])
+    assert _cached_step_report("v5e:2x2", 64)["batch_all_gathers"] >= 1
+
+
+def _config(global_batch: int):
+    c = common.base_config()
+    c.data.clip_seconds = 2.0  # 100 encoder frames: the same programs as 10 s, compiled faster
+    c.encoder_dtype = "bfloat16"
+    c.batch_size = c.eval_batch_size = global_batch
+    return c
+
+
+@pytest.mark.parametrize("small,large", [("v5e:2x2", "v5e:4x4"), ("v4:2x2x1", "v4:2x2x2")])
+def test_train_steps_compile_for_multi_host_slices_with_per_chip_memory_independent_of_the_global_batch(
+        small, large):
+    # 2 rows per chip on 4 chips (one host) and on 16 (v5e, 4 hosts) or 8 (v4, 2 hosts)
+    per_chip, totals = 2, {}
+    for topo in (small, large):
+        chips = len(tpu.topology_devices(topo))
+        tp = tpu.TrainPrograms(_config(per_chip * chips), topo, REDUCED, n_classes=8)
+        for program in ("online_train_step", "cached_train_step"):
+            rep = tp.report(program)
+            assert rep["compiled"] and rep["fits"], rep
+            assert rep["per_chip_batch"] == per_chip
+            assert rep["batch_all_gathers"] == 0, (topo, program)
+            totals[topo, program] = rep["memory_bytes"]
+    for program in ("online_train_step", "cached_train_step"):
+        a, b = totals[small, program], totals[large, program]
+        # the same per-chip work: arguments and outputs equal; temporaries within 10% (the collectives' buffers
+        # differ with the slice's shape); a gathered batch would multiply them by the number of chips
+        assert (a["arguments"], a["outputs"]) == (b["arguments"], b["outputs"]), (program, a, b)
+        assert b["temporaries"] <= 1.1 * a["temporaries"] + (1 << 16), (program, a, b)
+
+
+def test_tags_only_and_batched_transcription_programs_compile_for_a_single_host_slice():
+    reps = tpu.inference_programs(REDUCED, "v5e:2x4", per_chip_batch=1, dtype="bfloat16", n_classes=8)
+    assert [r["program"] for r in reps] == list(tpu.INFERENCE_PROGRAMS)
+    for r in reps:
+        assert r["compiled"] and r["fits"], r
+        assert r.get("batch_all_gathers", 0) == 0, r["program"]
+    est = tpu.inference_estimate(reps)
+    # tags only skips the decoder: more audio per hour than transcript + tags, which skips the aligner
+    assert est["tags_only_audio_hours_per_hour"] > est["transcript_and_tags_audio_hours_per_hour"] > \
+        est["with_word_timestamps_audio_hours_per_hour"] > 0
+
+
+def _encoder_flops(d, frames: int) -> float:
+    """2 x multiply-adds of the encoder on ``frames`` mel frames: the two convolutions (kernel 3), then per block
+    the q/k/v/out projections, the attention scores and their weighted sum, and the 4x MLP."""
+    t, w = frames // 2, d.n_audio_state
+    convs = 2 * frames * 3 * d.n_mels * w + 2 * t * 3 * w * w
+    block = 2 * (4 * t * w * w + 2 * t * t * w + 2 * t * w * 4 * w)
+    return convs + d.n_audio_layer * block
+
+
+def test_encoder_flops_agree_with_the_analytic_count():
+    dims = dataclasses.replace(REDUCED, n_audio_state=256, n_audio_head=4)  # wide enough for matmuls to dominate
+    (rep,) = tpu.inference_programs(dims, "v5e:2x2", per_chip_batch=1, programs=("encode",), n_classes=8)
+    per_window = rep["flops"] * rep["chips"] / rep["windows"]
+    assert per_window == pytest.approx(_encoder_flops(dims, 3000), rel=0.10)
+
+
+def test_batch_search_finds_the_largest_fitting_batch_from_two_compiles_and_a_check():
+    # a stand-in for the compiler with memory 10 + 3 * batch and 1000 bytes of HBM: the largest fit is 330
+    calls = []
+
+    def report_at(b):
+        calls.append(b)
+        total = 10 + 3 * b
+        return {"compiled": total <= 1200, "fits": total <= 1000, "total_bytes": total, "hbm_bytes": 1000}
+
+    found = tpu.largest_per_chip_batch(report_at, 4, limit=4096)
+    assert found["per_chip_batch"] == 328 and calls == [4, 8, 328]  # rounded down to a multiple of 8
+    assert found["linear_fit_bytes"] == {"fixed": 10, "per_row": 3}
+    assert tpu.largest_per_chip_batch(report_at, 4, limit=64)["per_chip_batch"] == 64
+    assert tpu.largest_per_chip_batch(report_at, 1024, limit=4096)["per_chip_batch"] == 256  # halved until it fits
+
+
+def test_compile_only_cli_writes_the_report_and_trains_nothing(tmp_path):
+    out = tmp_path / "plan.json"
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", str(ROOT / "configs" / "esc50.py"),
+           f"--config.workdir={tmp_path / 'run'}", "--config.batch_size=8", "--config.eval_batch_size=8",
+           "--compile_only=v5e:2x2", f"--compile_report={out}", "--nobatch_search", "--train_clips=1600",
+           "--eval_clips=400"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    plan = json.loads(out.read_text())
+    assert plan["chips"] == 4 and plan["topology"] == "v5e:2x2"
+    assert all(r["compiled"] and r["fits"] for r in plan["programs"])
+    assert "not measurements" in p.stdout
+    est = plan["estimate"]
+    assert est["steps_per_full_pass"] == 200 and est["cached"]["recipe_s"] > 0
+    assert not (tmp_path / "run" / "checkpoints").exists()
