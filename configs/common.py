@@ -85,7 +85,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every_epochs = 1
     c.log_example_ids = False  # write examples.jsonl (step -> ids): for checking resume
     c.progress = True
-    c.debug_step_sleep = 0.0  # seconds to sleep after each step (tests use it to SIGKILL a run mid-way)
     c.export = True  # write workdir/export: our checkpoint (Whisper + averaged head), load_model-able
     return c
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_train import _final, _free_port, _train_cmd, compile_cache, random_features, sub_env  # noqa: F401
+from test_train import (_final, _free_port, _train_cmd, compile_cache, random_features,  # noqa: F401
+                        stop_after, sub_env)
 
 from whisper_at_jax import train as T
 from whisper_at_jax.train import EXIT_PREEMPTED
@@ -24,26 +25,6 @@ from whisper_at_jax.train import EXIT_PREEMPTED
 EXTRA = ("--config.steps_per_epoch=40", "--config.epochs=4", "--config.checkpoint.every_steps=25",
          "--config.log_example_ids=True")
 TOTAL = 160
-
-
-def _last_step(workdir: Path) -> int:
-    log = workdir / "examples.jsonl"
-    if not log.exists():
-        return 0
-    steps = [json.loads(line)["step"] for line in log.read_text().splitlines() if line.strip().endswith("}")]
-    return max(steps, default=0)
-
-
-def _stop_after(procs: list[subprocess.Popen], workdir: Path, step: int) -> int:
-    """SIGSTOP every process once the run has logged ``step``; returns the last logged step."""
-    deadline = time.time() + 300
-    while time.time() < deadline and all(p.poll() is None for p in procs):
-        if _last_step(workdir) >= step:
-            for p in procs:
-                os.kill(p.pid, signal.SIGSTOP)
-            return _last_step(workdir)
-        time.sleep(0.002)
-    pytest.fail("the run ended before it could be stopped mid-way")
 
 
 def _ckpt_steps(workdir: Path) -> list[int]:
@@ -85,7 +66,7 @@ def _sigterm_after_step_30(features: Path, work: Path, env: dict) -> tuple[subpr
     """Start the run, freeze it once it has logged step 30, send SIGTERM, let it go on; -> (process, step seen)."""
     p = subprocess.Popen(_train_cmd(features, work, *EXTRA), env=env, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True)
-    seen = _stop_after([p], work, 30)
+    seen = stop_after([p], work, 30)
     os.kill(p.pid, signal.SIGTERM)
     os.kill(p.pid, signal.SIGCONT)
     return p, seen
@@ -153,7 +134,7 @@ def test_sigterm_to_one_of_two_processes(random_features, compile_cache, tmp_pat
 
     work = tmp_path / "pre"
     procs = _two(random_features, work, env)
-    seen = _stop_after(procs, work, 30)
+    seen = stop_after(procs, work, 30)
     os.kill(procs[1].pid, signal.SIGTERM)  # only the second host gets the notice
     for p in procs:
         os.kill(p.pid, signal.SIGCONT)
@@ -177,7 +158,7 @@ def test_dead_peer_stops_the_survivor_within_the_timeout(random_features, compil
     timeout = 10
     procs = _two(random_features, tmp_path / "run", sub_env(compile_cache, 2),
                  f"--config.heartbeat_timeout_s={timeout}")
-    _stop_after(procs, tmp_path / "run", 30)
+    stop_after(procs, tmp_path / "run", 30)
     os.kill(procs[1].pid, signal.SIGKILL)
     t0 = time.time()
     os.kill(procs[0].pid, signal.SIGCONT)

@@ -548,6 +548,28 @@ def test_two_processes_equal_one(random_features, compile_cache, tmp_path):
 # Preemption: SIGKILL mid-run, resume == uninterrupted
 
 
+def last_logged_step(workdir: Path) -> int:
+    """The newest step in the run's examples.jsonl (config.log_example_ids), 0 before the first."""
+    log = workdir / "examples.jsonl"
+    if not log.exists():
+        return 0
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines() if line.strip().endswith("}")]
+    return max(steps, default=0)
+
+
+def stop_after(procs: list[subprocess.Popen], workdir: Path, step: int) -> int:
+    """SIGSTOP every process once the run has logged ``step`` (the run is frozen from outside, no sleep hook in
+    the trainer); returns the last logged step."""
+    deadline = time.time() + 300
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        if last_logged_step(workdir) >= step:
+            for p in procs:
+                os.kill(p.pid, signal.SIGSTOP)
+            return last_logged_step(workdir)
+        time.sleep(0.002)
+    pytest.fail("the run ended before it could be stopped mid-way")
+
+
 def _ids_by_step(workdir: Path) -> dict[int, list[str]]:
     out = {}
     for line in open(workdir / "examples.jsonl"):
@@ -564,21 +586,12 @@ def test_sigkill_and_resume_equals_uninterrupted(random_features, compile_cache,
     assert full.returncode == 0, full.stderr[-3000:]
 
     work = tmp_path / "killed"
-    p = subprocess.Popen(_train_cmd(random_features, work, *extra, "--config.debug_step_sleep=0.3"), env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    killed_at = None
-    while time.time() < deadline and p.poll() is None:
-        log = work / "examples.jsonl"
-        if log.exists():
-            steps = [json.loads(line)["step"] for line in log.read_text().splitlines() if line.strip()]
-            if steps and max(steps) >= 11:
-                os.kill(p.pid, signal.SIGKILL)
-                killed_at = max(steps)
-                break
-        time.sleep(0.02)
+    p = subprocess.Popen(_train_cmd(random_features, work, *extra), env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    killed_at = stop_after([p], work, 10)  # frozen past checkpoint 9, before the end (step 20)
+    os.kill(p.pid, signal.SIGKILL)
     p.wait(timeout=60)
-    assert killed_at is not None and p.returncode == -signal.SIGKILL, "the run was not killed mid-way"
+    assert p.returncode == -signal.SIGKILL
     assert not (work / "final_head.npz").exists()
 
     resumed = subprocess.run(_train_cmd(random_features, work, *extra), env=env, capture_output=True, text=True,

@@ -1113,8 +1113,6 @@ def train(config: ml_collections.ConfigDict, *, train_source: ExampleSource | No
                 t0, n0 = time.perf_counter(), done
             if bar is not None:
                 bar.update(1)
-            if config.get("debug_step_sleep", 0.0):
-                time.sleep(float(config.debug_step_sleep))
             if done % spe == 0:
                 epoch = done // spe  # the 1-based epoch just finished
                 if wa_start > 0 and wa_start <= epoch <= wa_end:
