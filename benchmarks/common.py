@@ -8,6 +8,7 @@ import platform
 import resource
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 
@@ -44,4 +45,19 @@ def write_json(path: str, obj: object) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def write_section(doc: str | os.PathLike, begin: str, end: str, text: str, title: str = "") -> None:
+    """Replace what lies between the ``begin`` and ``end`` markers of ``doc`` with ``text`` (which holds them), or
+    append it (creating the file with ``title``); other sections are left as they are. Written atomically."""
+    path = Path(doc)
+    cur = path.read_text() if path.is_file() else (f"# {title}\n\n" if title else "")
+    if begin in cur and end in cur and cur.index(begin) < cur.index(end):
+        new = cur[:cur.index(begin)] + text + cur[cur.index(end) + len(end):]
+    else:
+        new = cur.rstrip("\n") + "\n\n" + text + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(new)
     os.replace(tmp, path)
