@@ -42,10 +42,9 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
 
 
 def write_json(path: str, obj: object) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    from whisper_at_jax.io_utils import atomic_write_bytes  # here: worker processes measure their own imports
+
+    atomic_write_bytes(path, json.dumps(obj, indent=1).encode())
 
 
 def write_section(doc: str | os.PathLike, begin: str, end: str, text: str, title: str = "") -> None:
@@ -58,6 +57,6 @@ def write_section(doc: str | os.PathLike, begin: str, end: str, text: str, title
     else:
         new = cur.rstrip("\n") + "\n\n" + text + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(new)
-    os.replace(tmp, path)
+    from whisper_at_jax.io_utils import atomic_write_bytes
+
+    atomic_write_bytes(path, new.encode())

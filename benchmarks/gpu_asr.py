@@ -145,9 +145,9 @@ def check(ref_dir: str, rounds: int, json_path: str = "") -> dict:
 
 def _save(report: dict, path: str) -> None:
     if path:
-        with open(path + ".tmp", "w") as f:
-            json.dump(report, f, indent=1)
-        os.replace(path + ".tmp", path)
+        from whisper_at_jax.io_utils import atomic_write_bytes
+
+        atomic_write_bytes(path, json.dumps(report, indent=1).encode())
 
 
 def main() -> None:

@@ -141,10 +141,9 @@ def write_section(doc: str, section: str) -> None:
         first, sep, rest = text.partition("\n\n")
         first2, sep2, rest2 = rest.partition("\n\n")  # after the title and the intro paragraph
         text = first + sep + first2 + sep2 + section + "\n\n" + rest2
-    tmp = doc + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, doc)
+    from whisper_at_jax.io_utils import atomic_write_bytes
+
+    atomic_write_bytes(doc, text.encode())
 
 
 def main() -> None:

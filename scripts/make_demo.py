@@ -160,16 +160,11 @@ def write_flac(path: Path, audio: np.ndarray) -> None:
     """16-bit FLAC, written to a temporary file in the same folder and renamed."""
     import soundfile as sf
 
+    from whisper_at_jax.io_utils import atomic_path
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".flac", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".tmp.flac") as tmp:
         sf.write(tmp, np.clip(audio, -1, 1), SR, subtype="PCM_16", format="FLAC")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def make_demo(background: str = DEMO_BACKGROUND, snr_db: float = 6.0, text: str = DEMO_TEXT,

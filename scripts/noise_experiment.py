@@ -29,10 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -180,12 +178,10 @@ def summary(args: argparse.Namespace, model, labels, utts, clean, records, t0) -
 
 def save(out: Path, res: dict) -> None:
     """results.json, written atomically."""
+    from whisper_at_jax.io_utils import atomic_write_bytes
+
     out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".results.", dir=out)
-    with os.fdopen(fd, "w") as f:
-        json.dump(res, f, indent=1)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out / "results.json")
+    atomic_write_bytes(out / "results.json", json.dumps(res, indent=1).encode())
 
 
 def plot(result_dirs: list[Path], figure: Path) -> None:
@@ -193,6 +189,8 @@ def plot(result_dirs: list[Path], figure: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from whisper_at_jax.io_utils import atomic_path
 
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(6.4, 6.4), sharex=True)
     for k, d in enumerate(result_dirs):
@@ -219,11 +217,8 @@ def plot(result_dirs: list[Path], figure: Path) -> None:
     ax2.invert_xaxis()
     fig.tight_layout()
     figure.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{figure.name}.", suffix=".png", dir=figure.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600
-    os.replace(tmp, figure)
+    with atomic_path(figure, suffix=".tmp.png") as tmp:
+        fig.savefig(tmp, dpi=110)
     print(f"wrote {figure}")
 
 

@@ -99,7 +99,7 @@ def test_roundtrip_reader_and_tfds(written, clips):
     assert report.num_examples == 12 and not report.failed and len(report.shard_files) == 4
     assert sorted(os.path.basename(p) for p in report.shard_files) == [
         f"audio_clips-train.tfrecord-{i:05d}-of-00004" for i in range(4)]
-    assert not [f for f in os.listdir(out) if f.startswith(".tmp")]
+    assert not [f for f in os.listdir(out) if f.startswith(".")]
     by_id = {r.id: r for r in clips}
 
     ours, _ = _read_all(out)

@@ -14,10 +14,11 @@ import io
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from typing import NamedTuple
+
+from .io_utils import atomic_write_bytes
 
 AUDIOSET_CSV = "audioset_labels.csv"
 
@@ -147,17 +148,7 @@ def format_label_csv(labels: Sequence[Label]) -> str:
 def write_label_csv(labels: Sequence[Label], path: str | os.PathLike) -> None:
     """Write ``labels`` as CSV atomically (temp file in the same folder, then rename)."""
     labels = labels_from_records([lab._asdict() for lab in labels], "labels to write")
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".labels-", suffix=".csv", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(format_label_csv(labels))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, format_label_csv(labels).encode("utf-8"))
 
 
 def _installed_whisper_at_csv() -> str:

@@ -32,7 +32,6 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -46,7 +45,7 @@ import optax
 from . import augment as aug
 from . import parallel
 from .evaluate import compute_metrics
-from .io_utils import atomic_write_bytes
+from .io_utils import atomic_path, atomic_write_bytes
 from .jobs import EXIT_RESUMABLE, StopRequest
 from .heads import make_head, pool_taps
 
@@ -308,16 +307,9 @@ class TFRecordIterator:
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """``np.save`` to a temporary file in the same folder, then rename (a killed writer leaves no torn file)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npy", dir=path.parent)
-    os.close(fd)
-    try:
+    """``np.save``, atomically."""
+    with atomic_path(path, suffix=".tmp.npy") as tmp:
         np.save(tmp, array)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class FeatureWriter:
@@ -1150,12 +1142,8 @@ def train(config: ml_collections.ConfigDict, *, train_source: ExampleSource | No
     result["head_params"] = final_np
     if is_main:
         def write_head() -> None:
-            tmp = workdir / ".final_head.tmp.npz"
-            try:
+            with atomic_path(workdir / "final_head.npz", suffix=".tmp.npz") as tmp:
                 np.savez(tmp, **flat_params(final_np))
-                os.replace(tmp, workdir / "final_head.npz")
-            finally:
-                tmp.unlink(missing_ok=True)
 
         _write_output(workdir / "final_head.npz", write_head)
         if config.get("export", False):

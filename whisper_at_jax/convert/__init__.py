@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ..io_utils import atomic_write_bytes
 from ..model import ModelDimensions
 from .checkpoint import check_params, is_checkpoint, load_checkpoint, save_checkpoint, save_head_checkpoint
 from .ctranslate2 import read_model_bin, to_openai_state_dict
@@ -133,9 +134,7 @@ def find_tokenizer(dims: ModelDimensions, near: str | os.PathLike | None = None,
         try:
             text = tokenizer_json_from_tiktoken(tiktoken, dims.is_multilingual, dims.num_languages)
             cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, cached)
+            atomic_write_bytes(cached, text.encode("utf-8"))
             if _loads_as_hf_tokenizer(cached):
                 return str(cached), f"built tokenizer.json from openai-whisper's {tiktoken.name} (cached at {cached})"
             note = f" (the tokenizer.json built from {tiktoken.name} did not load with `tokenizers`)"

@@ -30,12 +30,11 @@ import json
 import logging
 import os
 import re
-import tempfile
 from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from whisper_at_jax.io_utils import atomic_write_bytes
+from whisper_at_jax.io_utils import atomic_path, atomic_write_bytes
 from whisper_at_jax.data.sources import SHOW_FIRST, ClipRecord, DataError, Source, _first
 
 logger = logging.getLogger("whisper_at_jax.data")
@@ -176,37 +175,29 @@ def _write_shard(
     import tensorflow as tf
 
     res = _ShardResult(path, 0, 0, [], [], [], 0)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tfrecord", dir=os.path.dirname(path))
-    os.close(fd)
-    try:
-        with tf.io.TFRecordWriter(tmp) as writer:
-            for rec in records:
-                if not os.path.isfile(rec.path):
-                    if strict:
-                        raise DataError(f"clip {rec.id!r}: audio file not found: {rec.path}")
-                    res.missing.append(rec.id)
-                    continue
-                try:
-                    audio = _read_clip(rec.path, sample_rate, rec.start, rec.end)
-                    if audio.size == 0:
-                        raise DataError("no samples")
-                except Exception as e:  # any decoder failure: libsndfile, soxr, our own checks
-                    reason = f"{type(e).__name__}: {e}"
-                    if strict:
-                        raise DataError(f"clip {rec.id!r} ({rec.path}) cannot be decoded: {reason}") from e
-                    res.failed.append((rec.id, reason))
-                    continue
-                if max_samples is not None and audio.size > max_samples:
-                    audio = audio[:max_samples]
-                    res.truncated += 1
-                writer.write(_example(rec.id, quantize_int16(audio), rec.labels, sample_rate, encoding))
-                res.labels.append(tuple(rec.labels))
-                res.length += 1
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp, tf.io.TFRecordWriter(tmp) as writer:
+        for rec in records:
+            if not os.path.isfile(rec.path):
+                if strict:
+                    raise DataError(f"clip {rec.id!r}: audio file not found: {rec.path}")
+                res.missing.append(rec.id)
+                continue
+            try:
+                audio = _read_clip(rec.path, sample_rate, rec.start, rec.end)
+                if audio.size == 0:
+                    raise DataError("no samples")
+            except Exception as e:  # any decoder failure: libsndfile, soxr, our own checks
+                reason = f"{type(e).__name__}: {e}"
+                if strict:
+                    raise DataError(f"clip {rec.id!r} ({rec.path}) cannot be decoded: {reason}") from e
+                res.failed.append((rec.id, reason))
+                continue
+            if max_samples is not None and audio.size > max_samples:
+                audio = audio[:max_samples]
+                res.truncated += 1
+            writer.write(_example(rec.id, quantize_int16(audio), rec.labels, sample_rate, encoding))
+            res.labels.append(tuple(rec.labels))
+            res.length += 1
     res.num_bytes = os.path.getsize(path)
     return res
 
