@@ -66,15 +66,15 @@ def main(argv: list[str] | None = None) -> int:
 
         from whisper_at_jax.convert import progress, resolve, save_checkpoint
         from whisper_at_jax.convert.at_head import load_at_head, read_labels
-        from whisper_at_jax.convert.openai import flatten
+        from flax.traverse_util import flatten_dict
 
         progress.enable(not args.quiet)
         t0 = time.perf_counter()
         src = Path(args.src)
         log(f"reading {args.src}" + (f" ({_size(src) / 1e6:.1f} MB)" if src.exists() else ""))
         loaded = resolve(args.src)
-        n_tensors = len(flatten(loaded.params))
-        n_params = sum(int(v.size) for v in flatten(loaded.params).values())
+        n_tensors = len(flatten_dict(loaded.params))
+        n_params = sum(int(v.size) for v in flatten_dict(loaded.params).values())
         log(f"  {loaded.source}: {n_tensors} tensors, {n_params / 1e6:.1f} M params, dims {loaded.dims} "
             f"[{time.perf_counter() - t0:.1f} s]")
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                 head_params, head_config = load_at_head(args.head, loaded.dims, mode=args.head_mode, labels=labels)
             for w in caught:
                 _log(f"  warning: {w.message}")
-            n_head = sum(int(v.size) for v in flatten(head_params).values())
+            n_head = sum(int(v.size) for v in flatten_dict(head_params).values())
             log(f"  head {head_config['mode']}: {n_head / 1e6:.2f} M params, {head_config['n_classes']} classes "
                 f"[{time.perf_counter() - t:.1f} s]")
 

@@ -22,7 +22,7 @@ import pytest
 
 import whisper_at_jax as wat
 from whisper_at_jax.convert import CheckpointError, params_to_state_dict, resolve, save_checkpoint
-from whisper_at_jax.convert.openai import flatten
+from flax.traverse_util import flatten_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path("/nonexistent")  # set by the `work` fixture
@@ -175,7 +175,7 @@ def ct2_dirs(hf_dir, work) -> dict[str, Path]:
 
 
 def assert_params_equal(actual: dict, expected: dict) -> None:
-    a, e = flatten(actual), flatten(expected)
+    a, e = flatten_dict(actual), flatten_dict(expected)
     assert set(a) == set(e)
     for k in e:
         assert np.asarray(a[k]).dtype == np.float32, k
@@ -267,8 +267,8 @@ def test_ctranslate2_quantized_files(ref, ct2_dirs):
         loaded = resolve(ct2_dirs[q])
         assert loaded.tokenizer_file is not None  # CTranslate2 wrote vocabulary.json only: the embedded one
         assert_params_equal(loaded.params, state_dict_to_params(sd, wat.ModelDimensions(**dims)))
-        diff = max(float(np.abs(a - b).max()) for a, b in zip(flatten(loaded.params).values(),
-                                                               flatten(ref.params).values()))
+        diff = max(float(np.abs(a - b).max()) for a, b in zip(flatten_dict(loaded.params).values(),
+                                                               flatten_dict(ref.params).values()))
         report[q] = (len(quantized), diff, worst if q != "int8_float16" else report["int8"][2])
     print("quantized tensors, max |param - fp32|, max error in half quantization steps:", report)
 
@@ -375,8 +375,8 @@ def test_checkpoint_round_trip(ref, ours_dir, work):
     save_checkpoint(out, ref.dims, ref.params, ref.tokenizer_file, dtype="bfloat16", overwrite=True)
     assert not (out / "stale.txt").exists()
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
-    flat = flatten(resolve(out).params)
-    for k, v in flatten(ref.params).items():
+    flat = flatten_dict(resolve(out).params)
+    for k, v in flatten_dict(ref.params).items():
         np.testing.assert_array_equal(flat[k], np.asarray(v).astype(ml_dtypes.bfloat16).astype(np.float32))
     assert not [p.name for p in work.iterdir() if p.name.startswith((".ours.", ".ours_bf16."))]
 
@@ -529,7 +529,7 @@ def test_cli_hf_with_released_head(ref, hf_dir, work):
     assert_params_equal(model.params, ref.params)
     assert model.head_config["mode"] == "tl_tr_1_8" and len(model.head_config["labels"]) == 527
     _check_head(model.head_params, sd)
-    assert len(flatten(model.head_params)) == len(sd) == 34  # TL-TR: 34 tensors, none left out
+    assert len(flatten_dict(model.head_params)) == len(sd) == 34  # TL-TR: 34 tensors, none left out
     # the head moves along when our checkpoint is converted again (in process), and can be taken from it
     assert convert_cli().main([str(out), str(work / "cli_hf_again"), "-q"]) == 0
     again = resolve(work / "cli_hf_again")
@@ -575,7 +575,7 @@ def _bad_input(kind: str, ref, state_dict, work: Path) -> tuple[Path, str]:
         (d / "ck").mkdir()
         for f in ("config.json", "tokenizer.json"):
             shutil.copyfile(work / "ours" / f, d / "ck" / f)
-        flat = {"/".join(k): v for k, v in flatten(ref.params).items()}
+        flat = {"/".join(k): v for k, v in flatten_dict(ref.params).items()}
         flat["encoder/blocks_1/attn/query/kernel"] = flat["encoder/blocks_1/attn/query/kernel"][:, :200].copy()
         save_file(flat, str(d / "ck" / "params.safetensors"))
         return d / "ck", (r"ck/params\.safetensors: tensor encoder/blocks_1/attn/query/kernel has shape \(384, 200\), "

@@ -27,7 +27,7 @@ import whisper_at_jax as wat
 from whisper_at_jax import convert as convert_pkg
 from whisper_at_jax import hub
 from whisper_at_jax.convert import CheckpointError, params_to_state_dict, resolve
-from whisper_at_jax.convert.openai import flatten
+from flax.traverse_util import flatten_dict
 from whisper_at_jax.transcribe import TranscribeError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,7 +157,7 @@ def test_first_load_downloads_converts_second_reads_cache(served, ref, tmp_path)
     assert model.source == "openai:tiny.en"
     assert model.head_config["n_classes"] == 50  # the package's shipped ESC-50 head for this name, not a download
     assert not _gets(served, "ori.pth")
-    got, want = flatten(model.params), flatten(ref.params)
+    got, want = flatten_dict(model.params), flatten_dict(ref.params)
     assert got.keys() == want.keys()
     for k in want:
         np.testing.assert_array_equal(np.asarray(got[k]), want[k], err_msg="/".join(k))
@@ -167,7 +167,7 @@ def test_first_load_downloads_converts_second_reads_cache(served, ref, tmp_path)
     n = len(served.log)
     again = wat.load_model("tiny.en")
     assert len(served.log) == n, "the second load must not reach the server"
-    np.testing.assert_array_equal(np.asarray(flatten(again.params)[k]), want[k])
+    np.testing.assert_array_equal(np.asarray(flatten_dict(again.params)[k]), want[k])
     assert not [f for f in _cache_files(tmp_path) if f.endswith(".part")]
 
 
@@ -362,8 +362,8 @@ def distil(ref, hub_cache):
 def test_distil_whisper_loads_two_decoder_layers(distil, ref):
     loaded = resolve(distil)
     assert loaded.dims.n_text_layer == 2 and loaded.dims.n_audio_layer == ref.dims.n_audio_layer
-    got = flatten(loaded.params)
-    want = {k: v for k, v in flatten(ref.params).items() if k[:2] not in (("decoder", "blocks_2"), ("decoder", "blocks_3"))}
+    got = flatten_dict(loaded.params)
+    want = {k: v for k, v in flatten_dict(ref.params).items() if k[:2] not in (("decoder", "blocks_2"), ("decoder", "blocks_3"))}
     assert got.keys() == want.keys()
     for k in want:
         np.testing.assert_array_equal(got[k], want[k], err_msg="/".join(k))
@@ -415,7 +415,7 @@ def test_huggingface_offline_snapshot(ref, hub_cache):
                   ref.tokenizer_file)
     loaded = resolve("someone/whisper-tiny.en-ft")
     assert loaded.source.startswith("huggingface:")
-    got, want = flatten(loaded.params), flatten(ref.params)
+    got, want = flatten_dict(loaded.params), flatten_dict(ref.params)
     for k in want:
         np.testing.assert_array_equal(got[k], want[k])
     with pytest.raises(CheckpointError, match="someone/not-there"):

@@ -17,7 +17,9 @@ import pytest
 import torch
 
 import whisper_at_jax as wat
-from whisper_at_jax.convert.openai import _openai_key, _torch_shape, flatten
+from flax.traverse_util import flatten_dict
+
+from whisper_at_jax.convert.openai import _openai_key, _torch_shape
 from whisper_at_jax.model import ModelDimensions, dims_for, param_shapes
 
 SIZES = ["tiny.en", "tiny", "base.en", "base", "small.en", "small", "medium.en", "medium", "large-v1", "large-v2",
@@ -42,7 +44,7 @@ def test_every_size_has_openai_whispers_tensors(name):
 
     dims = dims_for(name)
     ours = {}
-    for path, leaf in flatten(param_shapes(dims)).items():
+    for path, leaf in flatten_dict(param_shapes(dims)).items():
         key, layout = _openai_key(path)
         ours[key] = _torch_shape(tuple(leaf.shape), "T" if layout else "")
     assert ours == _openai_shapes(dims)

@@ -42,6 +42,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 from .model import LayerNorm, ResidualAttentionBlock, matmul_precision
 
@@ -403,26 +404,6 @@ def _torch_key(path: tuple[str, ...]) -> tuple[str, bool]:
     return ".".join(parts + [leaf]), False
 
 
-def _flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    flat = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            flat.update(_flatten(v, prefix + (k,)))
-        else:
-            flat[prefix + (k,)] = v
-    return flat
-
-
-def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> Params:
-    tree: Params = {}
-    for path, v in flat.items():
-        node = tree
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = v
-    return tree
-
-
 def strip_head_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """The head's own keys: ``at_model.*`` keys with the prefix removed when any key has it (other keys, e.g. a
     merged whisper-at model's Whisper weights, are dropped); else ``module.`` (training checkpoints) stripped."""
@@ -481,7 +462,7 @@ def head_params_from_torch(state_dict: Mapping[str, Any], mode: str, *, n_layers
         n_layers = sd_layers or 1  # only layer_weight's shape depends on n_layers
     head = make_head(mode, n_layers, width, n_classes)
     expected = {}
-    for path, leaf in _flatten(head_param_shapes(head)).items():
+    for path, leaf in flatten_dict(head_param_shapes(head)).items():
         key, transpose = _torch_key(path)
         shape = tuple(leaf.shape)
         expected[key] = (path, shape[::-1] if transpose else shape, transpose)
@@ -504,14 +485,14 @@ def head_params_from_torch(state_dict: Mapping[str, Any], mode: str, *, n_layers
     for key, (path, _, transpose) in expected.items():
         v = np.asarray(sd[key], dtype=np.float32)
         flat[path] = np.ascontiguousarray(v.T) if transpose else v
-    return _unflatten(flat)
+    return unflatten_dict(flat)
 
 
 def head_params_to_torch(params: Params, prefix: str = "at_model.") -> dict[str, np.ndarray]:
     """Our head params -> the official state-dict format (inverse of :func:`head_params_from_torch`), fp32 numpy;
     save with ``torch.save({k: torch.from_numpy(v) ...})`` for whisper-at."""
     out = {}
-    for path, v in _flatten(params).items():
+    for path, v in flatten_dict(params).items():
         key, transpose = _torch_key(path)
         a = np.asarray(v, dtype=np.float32)
         out[prefix + key] = np.ascontiguousarray(a.T) if transpose else a

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from flax.traverse_util import flatten_dict
 
 from . import augment as aug
 from . import parallel
@@ -919,14 +920,6 @@ def label_rows(labels: Sequence[str], n_classes: int) -> list[list[Any]]:
     return [[i, "", x] for i, x in enumerate(labels)]
 
 
-def flat_params(tree: PyTree, prefix: str = "") -> dict[str, np.ndarray]:
-    """A nested param dict as {"a/b/kernel": array}."""
-    out = {}
-    for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        out[prefix + "/".join(str(getattr(p, "key", p)) for p in path)] = np.asarray(v)
-    return out
-
-
 def train(config: ml_collections.ConfigDict, *, train_source: ExampleSource | None = None,
           eval_source: ExampleSource | None = None, model: Any = None) -> dict[str, Any]:
     """Run (or resume) the training run described by ``config``; returns a summary and the final head params.
@@ -1143,7 +1136,7 @@ def train(config: ml_collections.ConfigDict, *, train_source: ExampleSource | No
     if is_main:
         def write_head() -> None:
             with atomic_path(workdir / "final_head.npz", suffix=".tmp.npz") as tmp:
-                np.savez(tmp, **flat_params(final_np))
+                np.savez(tmp, **flatten_dict(final_np, sep="/"))
 
         _write_output(workdir / "final_head.npz", write_head)
         if config.get("export", False):

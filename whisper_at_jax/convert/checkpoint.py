@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 from ..io_utils import atomic_directory
 from ..model import ModelDimensions
 from .errors import CheckpointError
-from .openai import flatten, unflatten
 
 FORMAT = "whisper-at-jax"
 VERSION = 1
@@ -42,8 +42,7 @@ def is_checkpoint(path: str | os.PathLike) -> bool:
 
 
 def _to_flat(params: dict, prefix: str) -> dict[str, np.ndarray]:
-    return {prefix + "/".join(path): np.ascontiguousarray(np.asarray(v))
-            for path, v in flatten(params).items()}
+    return {prefix + k: np.ascontiguousarray(np.asarray(v)) for k, v in flatten_dict(params, sep="/").items()}
 
 
 def check_params(params: dict, dims: ModelDimensions, what: str) -> None:
@@ -51,8 +50,8 @@ def check_params(params: dict, dims: ModelDimensions, what: str) -> None:
     ``params.safetensors``, e.g. ``encoder/blocks_0/attn/query/kernel``)."""
     from ..model import param_shapes
 
-    want = {"/".join(k): tuple(v.shape) for k, v in flatten(param_shapes(dims)).items()}
-    got = {"/".join(k): tuple(np.shape(v)) for k, v in flatten(params).items()}
+    want = {k: tuple(v.shape) for k, v in flatten_dict(param_shapes(dims), sep="/").items()}
+    got = {k: tuple(np.shape(v)) for k, v in flatten_dict(params, sep="/").items()}
     for key, shape in want.items():
         if key not in got:
             raise CheckpointError(f"{what}: missing tensor {key} (expected shape {shape})")
@@ -164,4 +163,4 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict, dict | None]:
             head[tuple(key[5:].split("/"))] = arr
         else:
             whisper[tuple(key.split("/"))] = arr
-    return config, unflatten(whisper), (unflatten(head) if head else None)
+    return config, unflatten_dict(whisper), (unflatten_dict(head) if head else None)

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 from ..model import ModelDimensions, param_shapes
 from .errors import CheckpointError
@@ -56,29 +57,6 @@ def _openai_key(path: tuple[str, ...]) -> tuple[str, str]:
     return ".".join(out + [leaf]), layout
 
 
-def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
-    for p in path[:-1]:
-        tree = tree.setdefault(p, {})
-    tree[path[-1]] = value
-
-
-def flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    out: dict[tuple[str, ...], Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            out.update(flatten(v, prefix + (k,)))
-        else:
-            out[prefix + (k,)] = v
-    return out
-
-
-def unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
-    tree: dict = {}
-    for path, v in flat.items():
-        _set(tree, path, v)
-    return tree
-
-
 def torch_to_flax(state_dict: Mapping[str, Any], expected: Params, what: str = "checkpoint",
                   prefix: str = "") -> Params:
     """Map a PyTorch-style state dict onto a Flax tree shaped like ``expected`` (a tree of shapes or arrays).
@@ -86,7 +64,7 @@ def torch_to_flax(state_dict: Mapping[str, Any], expected: Params, what: str = "
     Every expected param must be present with the right shape, and no tensor may be left over: the error names the
     tensor with expected and actual shapes.
     """
-    want = {path: tuple(leaf.shape) for path, leaf in flatten(expected).items()}
+    want = {path: tuple(leaf.shape) for path, leaf in flatten_dict(expected).items()}
     got: dict[tuple[str, ...], np.ndarray] = {}
     names: dict[tuple[str, ...], str] = {}
     unexpected = []
@@ -117,7 +95,7 @@ def torch_to_flax(state_dict: Mapping[str, Any], expected: Params, what: str = "
     if unexpected:
         raise CheckpointError(f"{what}: unexpected tensor {unexpected[0]}"
                               + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""))
-    return unflatten(got)
+    return unflatten_dict(got)
 
 
 def _torch_shape(flax_shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
@@ -136,7 +114,7 @@ def state_dict_to_params(state_dict: Mapping[str, Any], dims: ModelDimensions, w
 def params_to_state_dict(params: Params, prefix: str = "") -> dict[str, np.ndarray]:
     """Our Flax params -> openai-whisper state dict (numpy float32)."""
     out = {}
-    for path, leaf in flatten(jax.device_get(params)).items():
+    for path, leaf in flatten_dict(jax.device_get(params)).items():
         key, layout = _openai_key(path)
         arr = np.asarray(leaf, np.float32)
         if layout == "kernel":
