@@ -26,6 +26,7 @@ from configs import common  # noqa: E402
 from whisper_at_jax import augment as aug  # noqa: E402
 from whisper_at_jax import parallel  # noqa: E402
 from whisper_at_jax import train as T  # noqa: E402
+from whisper_at_jax.data import label_balanced_weights  # noqa: E402
 from whisper_at_jax.heads import make_head  # noqa: E402
 
 SR = 16000
@@ -171,8 +172,9 @@ def test_index_stream_is_a_function_of_position_and_balanced_weights():
     # The reference's gen_weight_file.py loop: weight = sum over the clip's labels of 1000 / (count + 0.01).
     counts = labels.sum(0)
     want = [sum(1000.0 / (counts[k] + 0.01) for k in np.nonzero(row)[0]) for row in labels]
-    np.testing.assert_allclose(T.balanced_weights(labels), want, rtol=1e-12)
-    draws = np.concatenate([T.IndexStream(6, 6, 0, T.balanced_weights(labels)).batch_indices(i) for i in range(500)])
+    np.testing.assert_allclose(label_balanced_weights(labels), want, rtol=1e-12)
+    stream = T.IndexStream(6, 6, 0, label_balanced_weights(labels))
+    draws = np.concatenate([stream.batch_indices(i) for i in range(500)])
     freq = np.bincount(draws, minlength=6) / draws.size
     np.testing.assert_allclose(freq, np.asarray(want) / np.sum(want), atol=0.01)  # 3000 draws: ~0.006 s.d.
 

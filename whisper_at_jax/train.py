@@ -45,6 +45,7 @@ from flax.traverse_util import flatten_dict
 
 from . import augment as aug
 from . import parallel
+from .data.reader import label_balanced_weights
 from .evaluate import compute_metrics
 from .io_utils import atomic_path, atomic_write_bytes
 from .jobs import EXIT_RESUMABLE, StopRequest
@@ -431,13 +432,6 @@ def open_features(features_dir: str | os.PathLike, split: str) -> tuple[ExampleS
         raise TrainError(f"{d}: split {split!r} has {entry['n']} taps, {len(labels)} labels, {len(ids)} ids")
     folds = np.load(d / entry["folds"]) if entry.get("folds") else None
     return ExampleSource(ShardedArray(parts), labels, ids, kind="taps"), meta, folds
-
-
-def balanced_weights(labels: np.ndarray) -> np.ndarray:
-    """Whisper-AT's clip weights: sum over a clip's labels of 1000 / (count(label) + 0.01)."""
-    y = np.asarray(labels) > 0.5
-    counts = y.sum(0).astype(np.float64)
-    return (y * (1000.0 / (counts + 0.01))[None, :]).sum(1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1017,7 +1011,7 @@ def train(config: ml_collections.ConfigDict, *, train_source: ExampleSource | No
         weights = None
         if config.data.balanced:
             weights = (np.asarray(train_source.weights) if train_source.weights is not None
-                       else balanced_weights(train_source.labels))
+                       else label_balanced_weights(np.asarray(train_source.labels)))
         batches = SourceIterator(train_source, IndexStream(n_train, int(config.batch_size), int(config.seed),
                                                            weights), start)
         eval_iter = None

@@ -71,26 +71,32 @@ def _mix64(*xs: int) -> int:
 # Balanced sampling weights
 
 
-def label_balanced_weights(label_lists: Sequence[Sequence[int]], n_classes: int) -> np.ndarray:
+def label_balanced_weights(labels: Sequence[Sequence[int]] | np.ndarray, n_classes: int | None = None) -> np.ndarray:
     """whisper-at's sampling weight per clip: the sum over its labels of ``1000 / (count(label) + 0.01)``, where
     ``count`` is how many clips carry the label (``gen_weight_file.py`` of the reference training code).
 
     Args:
-        label_lists: per clip, its class indices.
-        n_classes: the class count (labels must lie in ``[0, n_classes)``).
+        labels: per clip, its class indices; or a multi-hot ``[clips, classes]`` array (> 0.5: the clip has it).
+        n_classes: the class count (labels must lie in ``[0, n_classes)``); a multi-hot array's width by default.
 
     Returns:
-        float64 array [len(label_lists)]; a clip with no label gets weight 0 (never drawn).
+        float64 array [clips]; a clip with no label gets weight 0 (never drawn).
     """
-    lengths = np.fromiter((len(x) for x in label_lists), dtype=np.int64, count=len(label_lists))
-    flat = np.fromiter((int(v) for x in label_lists for v in x), dtype=np.int64, count=int(lengths.sum()))
+    if isinstance(labels, np.ndarray) and labels.ndim == 2:
+        owner, flat = np.nonzero(labels > 0.5)  # row-major: each clip's labels in class order
+        n_clips, n_classes = len(labels), labels.shape[1] if n_classes is None else n_classes
+    else:
+        lengths = np.fromiter((len(x) for x in labels), dtype=np.int64, count=len(labels))
+        flat = np.fromiter((int(v) for x in labels for v in x), dtype=np.int64, count=int(lengths.sum()))
+        n_clips, owner = len(lengths), np.repeat(np.arange(len(lengths)), lengths)
+    if n_classes is None:
+        raise DataError("n_classes is needed with label index lists")
     if flat.size and (flat.min() < 0 or flat.max() >= n_classes):
         bad = flat[(flat < 0) | (flat >= n_classes)][0]
         raise DataError(f"label index {bad} outside the {n_classes} classes")
     counts = np.bincount(flat, minlength=n_classes).astype(np.float64)
     label_weight = 1000.0 / (counts + 0.01)
-    owner = np.repeat(np.arange(len(lengths)), lengths)
-    return np.bincount(owner, weights=label_weight[flat], minlength=len(lengths))
+    return np.bincount(owner, weights=label_weight[flat], minlength=n_clips)
 
 
 # ---------------------------------------------------------------------------------------------------------------
