@@ -27,9 +27,9 @@ from whisper_at_jax.data import (  # noqa: E402
     read_audioset_csv,
     read_esc50_csv,
     read_label_csv,
-    to_global,
     write_tfrecords,
 )
+from whisper_at_jax import parallel  # noqa: E402
 
 SR = 16000
 NAMES = ["speech", "dog", "music"]
@@ -525,7 +525,7 @@ def test_to_global_single_process(flac_ds):
     it = make_dataset(flac_ds, "train", 4 * n, 4000, process_index=0, process_count=1)
     b = next(it)
     mesh = Mesh(np.array(jax.devices()), ("data",))
-    g = to_global(b, NamedSharding(mesh, PartitionSpec("data")))
+    g = parallel.to_global(b, NamedSharding(mesh, PartitionSpec("data")))
     assert isinstance(g["audio"], jax.Array) and g["audio"].shape == (4 * n, 4000)
     np.testing.assert_array_equal(np.asarray(g["audio"]), b["audio"])
     np.testing.assert_array_equal(np.asarray(g["labels"]), b["labels"])

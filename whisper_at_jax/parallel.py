@@ -109,8 +109,16 @@ def local_batch_size(global_batch: int, mesh: Mesh) -> int:
 
 
 def to_global(local: Any, sharding: NamedSharding) -> Any:
-    """Process-local numpy rows (this host's contiguous slice of the global batch) -> global ``jax.Array``s."""
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
+    """Process-local numpy rows (this host's contiguous slice of the global batch) -> global ``jax.Array``s.
+
+    ``local`` is an array or a tree of them (e.g. a reader batch): each numeric leaf becomes one global array
+    (leading dimension = the sum over hosts); string leaves (ids) stay host-local.
+    """
+    def one(x: Any) -> Any:
+        arr = np.asarray(x)
+        return x if arr.dtype.kind in "USO" else jax.make_array_from_process_local_data(sharding, arr)
+
+    return jax.tree.map(one, local)
 
 
 def process_allgather(tree: Any) -> Any:

@@ -5,7 +5,7 @@
 * :mod:`~whisper_at_jax.data.tfrecords`: :func:`write_tfrecords` -> sharded TFRecords readable by
   ``tfds.builder_from_directory``.
 * :mod:`~whisper_at_jax.data.reader`: :func:`make_dataset` (per-host, deterministic, resumable, optionally
-  label-balanced) and :func:`to_global`.
+  label-balanced); :func:`whisper_at_jax.parallel.to_global` makes its batches global arrays.
 
 TensorFlow is imported only inside the functions that need it.
 """
@@ -16,7 +16,6 @@ from whisper_at_jax.data.reader import (
     host_example_counts,
     label_balanced_weights,
     make_dataset,
-    to_global,
 )
 from whisper_at_jax.data.sources import (
     ClipRecord,
@@ -45,6 +44,5 @@ __all__ = [
     "read_esc50_csv",
     "read_label_csv",
     "read_metadata",
-    "to_global",
     "write_tfrecords",
 ]

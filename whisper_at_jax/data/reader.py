@@ -33,7 +33,8 @@ Design (why it looks like this):
   ``mask == 0``.
 
 Batches are dicts of numpy arrays: ``audio`` [B, clip_samples] float32 in [-1, 1), ``labels`` [B, C] float32
-multi-hot, ``id`` [B] str, ``mask`` [B] float32 (1 = real example). :func:`to_global` makes global ``jax.Array`` s.
+multi-hot, ``id`` [B] str, ``mask`` [B] float32 (1 = real example). :func:`whisper_at_jax.parallel.to_global` makes
+global ``jax.Array`` s.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import json
 import logging
 import os
 import threading
-from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -738,28 +739,3 @@ def host_example_counts(data: Union[str, os.PathLike], split: str, process_count
             raise DataError(f"no metadata for split {sp!r} in {data}")
         lengths += meta["splits"][sp]["shard_lengths"]
     return [int(sum(lengths[i::process_count])) for i in range(process_count)]
-
-
-def to_global(batch: Mapping[str, Any], sharding: Any) -> dict:
-    """Host-local numpy batch -> global ``jax.Array`` s via ``jax.make_array_from_process_local_data``.
-
-    Args:
-        batch: a dict from :class:`AudioBatchIterator` (each host passes its own).
-        sharding: a ``jax.sharding.Sharding`` for every array (e.g. ``NamedSharding(mesh, P("data"))``, which
-            splits the leading batch axis), or a dict key -> sharding.
-
-    Returns:
-        the same dict with numeric arrays replaced by global arrays (leading dimension = sum over hosts); string
-        arrays (``id``) stay host-local numpy.
-    """
-    import jax
-
-    out = {}
-    for key, value in batch.items():
-        arr = np.asarray(value)
-        if arr.dtype.kind in "biuf":
-            s = sharding[key] if isinstance(sharding, Mapping) else sharding
-            out[key] = jax.make_array_from_process_local_data(s, arr)
-        else:
-            out[key] = value
-    return out
