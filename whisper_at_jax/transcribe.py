@@ -63,6 +63,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import parallel
 from .audio import (FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, load_audio,
                     log_mel_spectrogram)
 from .decoding import DecodingOptions, DecodingResult, decode, detect_language
@@ -136,15 +137,6 @@ def _make_head(model: Any):
     hp = model.head_params
     n_classes = int(cfg.get("n_classes") or np.shape(hp["mlp_layer_1"]["bias"])[0])
     return make_head(cfg["mode"], model.dims.n_audio_layer, model.dims.n_audio_state, n_classes)
-
-
-def _mesh_sharding() -> tuple[int, Any]:
-    """(device count, NamedSharding splitting axis 0 over a ("data",) mesh of every device)."""
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    devices = jax.devices()
-    mesh = jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    return len(devices), NamedSharding(mesh, PartitionSpec("data"))
 
 
 def _put_batch(x: np.ndarray, sharding: Any, n_dev: int) -> jax.Array:
@@ -508,7 +500,8 @@ def transcribe(model: Any, audio: Any, *, verbose: bool | None = None,
         _require_head(model)
 
     mel, content_frames = _load(model, audio)
-    n_dev, sharding = _mesh_sharding()
+    mesh = parallel.make_mesh()
+    n_dev, sharding = mesh.devices.size, parallel.data_sharding(mesh)
     batch_size = -(-int(batch_size) // n_dev) * n_dev  # every device gets the same number of rows
     grid = _TagRows(model, content_frames, steps) if steps is not None else None
 
@@ -857,7 +850,8 @@ def tag(model: Any, audio: Any, *, at_time_res: float = 10, batch_size: int = 8,
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise TranscribeError(f"batch_size must be a positive integer, got {batch_size!r}")
     mel, content_frames = _load(model, audio)
-    n_dev, sharding = _mesh_sharding()
+    mesh = parallel.make_mesh()
+    n_dev, sharding = mesh.devices.size, parallel.data_sharding(mesh)
     batch_size = -(-int(batch_size) // n_dev) * n_dev
     grid = _TagRows(model, content_frames, steps)
     compiled = _compiled(model)
