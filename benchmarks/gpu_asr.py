@@ -37,7 +37,9 @@ MODES = ("sequential", "batched")
 
 def _first_window(wat, audio: np.ndarray):
     """The mel of the audio's first 30-s window (zero-padded, as openai-whisper pads), batched."""
-    return wat.log_mel_spectrogram(audio, padding=480000)[None, :, :3000]
+    from whisper_at_jax.audio import N_FRAMES, N_SAMPLES
+
+    return wat.log_mel_spectrogram(audio, padding=N_SAMPLES)[None, :, :N_FRAMES]
 
 
 def _segments(result: dict) -> list[list[int]]:

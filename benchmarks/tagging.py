@@ -38,6 +38,7 @@ def main() -> None:
 
     import whisper_at_jax as wat
     from whisper_at_jax.api import WhisperModel
+    from whisper_at_jax.audio import SAMPLE_RATE
     from whisper_at_jax.convert import params_to_state_dict
     from whisper_at_jax.heads import head_params_from_torch
 
@@ -46,7 +47,7 @@ def main() -> None:
     else:
         speech, _ = sf.read(os.path.join(ROOT, "tests", "data", "speech_en.flac"), dtype="float32")
         audio = np.concatenate([np.concatenate([speech, np.zeros(8000, np.float32)]) for _ in range(7)])
-    duration = len(audio) / 16000
+    duration = len(audio) / SAMPLE_RATE
 
     base = wat.load_model("tiny.en", at_head=False)
     torch.manual_seed(0)

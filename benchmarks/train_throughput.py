@@ -29,6 +29,7 @@ def run_one(size: str, mode: str, head: str, batch: int, steps: int, encoder_dty
 
     from configs import common
     from whisper_at_jax.api import WhisperModel
+    from whisper_at_jax.audio import HOP_LENGTH, SAMPLE_RATE
     from whisper_at_jax.model import dims_for, param_shapes
     from whisper_at_jax.train import ExampleSource, train
 
@@ -56,11 +57,11 @@ def run_one(size: str, mode: str, head: str, batch: int, steps: int, encoder_dty
     n = 2 * batch
     labels = (rng.random((n, 527)) < 0.01).astype(np.float32)
     labels[np.arange(n), rng.integers(0, 527, n)] = 1.0
-    clip = int(c.data.clip_seconds * 16000)
+    clip = int(c.data.clip_seconds * SAMPLE_RATE)
     if mode == "online":
         x = (0.1 * rng.standard_normal((n, clip))).astype(np.float32)
     else:
-        steps_per_clip = clip // 160 // 2 // int(c.data.pool)
+        steps_per_clip = clip // HOP_LENGTH // 2 // int(c.data.pool)
         x = rng.standard_normal((n, dims.n_audio_layer, steps_per_clip, dims.n_audio_state)).astype(np.float16)
     source = ExampleSource(x, labels, kind="audio" if mode == "online" else "taps")
     with tempfile.TemporaryDirectory() as work:

@@ -37,7 +37,7 @@ def main() -> None:
     import whisper
 
     import whisper_at_jax as wat
-    from whisper_at_jax.audio import load_audio
+    from whisper_at_jax.audio import SAMPLE_RATE, load_audio
 
     model = wat.load_model("tiny.en", at_head=False)
     ref = model.to_openai_whisper().to(args.device)
@@ -70,7 +70,7 @@ def main() -> None:
                      "vs without words": f"{t / med[base]:.2f}x" if base != name else "",
                      "vs openai-whisper, same words setting": f"{t / med['openai-whisper' + name[len(base):]]:.2f}x"
                      if not name.startswith("openai") else ""})
-    print(f"tiny.en, {len(audio) / 16000:.0f}-s file, greedy, {args.rounds} rounds, {machine()}")
+    print(f"tiny.en, {len(audio) / SAMPLE_RATE:.0f}-s file, greedy, {args.rounds} rounds, {machine()}")
     print(markdown_table(rows, ["run", "seconds", "vs without words", "vs openai-whisper, same words setting"]))
     if args.json:
         write_json(args.json, {"machine": machine(), "seconds": med, "rows": rows})

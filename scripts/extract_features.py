@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from whisper_at_jax import load_model
+    from whisper_at_jax.audio import HOP_LENGTH, SAMPLE_RATE
     from whisper_at_jax.data import DataError, make_dataset, read_metadata
-    from whisper_at_jax.train import SAMPLE_RATE, FeatureWriter, TrainError, extract_features
+    from whisper_at_jax.train import FeatureWriter, TrainError, extract_features
 
     try:
         meta = read_metadata(args.tfrecords)
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             raise TrainError(f"{args.tfrecords}: no dataset metadata (not written by the data writer?)")
         model = load_model(args.model, at_head=False)
         clip_samples = int(round(args.clip_seconds * SAMPLE_RATE))
-        frames = clip_samples // 160
+        frames = clip_samples // HOP_LENGTH
         if frames % 2 or (frames // 2) % args.pool:
             raise TrainError(f"--clip_seconds {args.clip_seconds} gives {frames // 2} encoder frames, not a multiple "
                              f"of --pool {args.pool}")

@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-SR = 16000
+from whisper_at_jax.audio import SAMPLE_RATE as SR  # noqa: E402
+
 DEMO_TEXT = ("Whisper A T writes down what people say, and it also hears the sounds behind them, "
              "like the siren in the street outside.")
 #: The demo's background: an ESC-50 class the shipped head knows (tests/test_default_head.py checks its top tag).

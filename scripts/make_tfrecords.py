@@ -52,13 +52,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--full-videos", action="store_true",
                     help="audioset: files hold whole videos; cut each to [start_seconds, end_seconds]")
     ap.add_argument("--clip-seconds", type=float, default=10.0, help="longest clip stored (0 = no limit)")
-    ap.add_argument("--sample-rate", type=int, default=16000)
+    ap.add_argument("--sample-rate", type=int, help="rate the audio is resampled to (default: Whisper's 16000)")
     ap.add_argument("--name", default="audio_clips", help="dataset name in shard file names")
     ap.add_argument("--num-workers", type=int, default=1, help="processes writing shards in parallel")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
+    from whisper_at_jax.audio import SAMPLE_RATE
     from whisper_at_jax.data import DataError, read_audioset_csv, read_esc50_csv, read_label_csv, write_tfrecords
 
     try:
@@ -95,8 +96,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{args.csv}: {source.report.summary()}", file=sys.stderr)
         report = write_tfrecords(
             source, args.out, args.split, args.num_shards, clip_seconds=args.clip_seconds or None,
-            sample_rate=args.sample_rate, encoding=args.encoding, strict=args.strict, name=args.name,
-            num_workers=args.num_workers, progress=not args.quiet,
+            sample_rate=SAMPLE_RATE if args.sample_rate is None else args.sample_rate, encoding=args.encoding,
+            strict=args.strict, name=args.name, num_workers=args.num_workers, progress=not args.quiet,
         )
     except (DataError, argparse.ArgumentTypeError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -98,7 +98,9 @@ def pick_clips(esc_dir: Path, fold: int) -> list[dict]:
 
 def at_res_for(n_samples: int) -> float:
     """The duration rounded up to a whole number of 0.4-s steps (one tag row for the whole mixture)."""
-    return round(math.ceil(n_samples / 16000 / 0.4 - 1e-9) * 0.4, 6)
+    from whisper_at_jax.audio import SAMPLE_RATE
+
+    return round(math.ceil(n_samples / SAMPLE_RATE / 0.4 - 1e-9) * 0.4, 6)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -30,8 +30,8 @@ from whisper_at_jax.data import (  # noqa: E402
     write_tfrecords,
 )
 from whisper_at_jax import parallel  # noqa: E402
+from whisper_at_jax.audio import SAMPLE_RATE as SR  # noqa: E402
 
-SR = 16000
 NAMES = ["speech", "dog", "music"]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -26,10 +26,9 @@ from configs import common  # noqa: E402
 from whisper_at_jax import augment as aug  # noqa: E402
 from whisper_at_jax import parallel  # noqa: E402
 from whisper_at_jax import train as T  # noqa: E402
+from whisper_at_jax.audio import SAMPLE_RATE as SR  # noqa: E402
 from whisper_at_jax.data import label_balanced_weights  # noqa: E402
 from whisper_at_jax.heads import make_head  # noqa: E402
-
-SR = 16000
 
 
 # ----------------------------------------------------------------------------------------------------------------

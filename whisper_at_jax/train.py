@@ -45,6 +45,7 @@ from flax.traverse_util import flatten_dict
 
 from . import augment as aug
 from . import parallel
+from .audio import HOP_LENGTH, SAMPLE_RATE
 from .data.reader import label_balanced_weights
 from .evaluate import compute_metrics
 from .io_utils import atomic_path, atomic_write_bytes
@@ -56,7 +57,6 @@ logger = logging.getLogger("whisper_at_jax.train")
 Array = jax.Array
 PyTree = Any
 FEATURES_FORMAT = "whisper-at-jax-features"
-SAMPLE_RATE = 16000
 
 
 class TrainError(ValueError):
@@ -963,7 +963,7 @@ def train(config: ml_collections.ConfigDict, *, train_source: ExampleSource | No
             model = load_model(config.model, at_head=False)
     dims = model.dims if model is not None else None
     if mode == "online":
-        frames = int(round(float(config.data.clip_seconds) * SAMPLE_RATE)) // 160
+        frames = int(round(float(config.data.clip_seconds) * SAMPLE_RATE)) // HOP_LENGTH
         if frames % 2 or frames // 2 % int(config.data.pool) or frames > 2 * dims.n_audio_ctx:
             raise TrainError(f"clip_seconds={config.data.clip_seconds} gives {frames} mel frames: need an even "
                              f"number <= {2 * dims.n_audio_ctx} whose half is a multiple of pool={config.data.pool}")

@@ -49,6 +49,7 @@ from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from whisper_at_jax.audio import SAMPLE_RATE
 from whisper_at_jax.data.sources import SHOW_FIRST, DataError, _first
 from whisper_at_jax.data.tfrecords import METADATA_FORMAT, decode_audio_bytes, shard_name
 
@@ -587,7 +588,7 @@ def make_dataset(
     data: Union[str, os.PathLike],
     split: str = "train",
     batch_size: int = 32,
-    clip_samples: int = 160000,
+    clip_samples: int = 10 * SAMPLE_RATE,
     training: bool = True,
     seed: int = 0,
     process_index: Optional[int] = None,
@@ -598,7 +599,7 @@ def make_dataset(
     weights: Optional[np.ndarray] = None,
     n_classes: Optional[int] = None,
     encoding: Optional[str] = None,
-    sample_rate: int = 16000,
+    sample_rate: int = SAMPLE_RATE,
     skip_batches: int = 0,
     state: Optional[Mapping[str, int]] = None,
     shuffle_buffer: int = 1024,

@@ -34,6 +34,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from whisper_at_jax.audio import SAMPLE_RATE
 from whisper_at_jax.io_utils import atomic_path, atomic_write_bytes
 from whisper_at_jax.data.sources import SHOW_FIRST, ClipRecord, DataError, Source, _first
 
@@ -307,7 +308,7 @@ def write_tfrecords(
     num_shards: int = 1,
     *,
     clip_seconds: Optional[float] = 10.0,
-    sample_rate: int = 16000,
+    sample_rate: int = SAMPLE_RATE,
     encoding: str = "flac",
     label_names: Optional[Sequence[str]] = None,
     strict: bool = False,
@@ -328,7 +329,7 @@ def write_tfrecords(
         clip_seconds: longest clip stored; longer clips (after the ``[start, end]`` crop) keep their first
             ``clip_seconds`` and are counted in the report. ``None`` keeps everything. Clips are not padded:
             the reader pads or crops to its own clip length.
-        sample_rate: rate the audio is resampled to (Whisper: 16000).
+        sample_rate: rate the audio is resampled to (default Whisper's, ``audio.SAMPLE_RATE``).
         encoding: "flac" (16-bit FLAC bytes, default) or "pcm16" (raw little-endian int16).
         label_names: class names (index = position); taken from the Source when one is given.
         strict: raise :class:`DataError` on a missing or undecodable clip instead of skipping and reporting it.
