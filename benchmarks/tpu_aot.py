@@ -16,7 +16,7 @@ roofline bounds from published chip peaks: estimates, not measurements.
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import itertools
 import json
 import os
 import sys
@@ -65,42 +65,27 @@ def run(args: argparse.Namespace) -> dict:
     res = _load(results_path)
     res.setdefault("train", {}), res.setdefault("inference", {}), res.setdefault("scaling", {})
 
-    def keep(section: str, key: str, value) -> None:
-        res[section][key] = value
+    def cell(section: str, key: str, compute) -> None:
+        """Compile one cell unless --results holds it; keep it at once so a stopped grid resumes here."""
+        if key in res[section] and not args.redo:
+            return
+        t0 = time.time()
+        res[section][key] = compute()
         results_path.parent.mkdir(parents=True, exist_ok=True)
         write_json(str(results_path), res)
-
-    def todo(section: str, key: str) -> bool:
-        return key not in res[section] or args.redo
+        print(f"[{time.time() - t0:.0f} s] {section} {key}", flush=True)
 
     if not args.skip_scaling:
         size, head, topo, batches = SCALING
         for gb in batches:
-            key = f"{size}|{head}|{topo}|{gb}"
-            if todo("scaling", key):
-                t0 = time.time()
-                (r,) = train_cell(size, head, topo, "bfloat16", 0, ("cached_train_step",), gb)
-                keep("scaling", key, r)
-                print(f"[{time.time() - t0:.0f} s] scaling {key}: {r.get('total_bytes', 0) / 2**30:.2f} GiB/chip",
-                      flush=True)
-    for size in args.sizes:
-        for head in args.heads:
-            for topo in args.slices:
-                for dtype in args.dtypes:
-                    key = f"{size}|{head}|{topo}|{dtype}|{args.per_chip_batch}"
-                    if todo("train", key):
-                        t0 = time.time()
-                        keep("train", key, train_cell(size, head, topo, dtype, args.per_chip_batch,
-                                                      tuple(args.train_programs)))
-                        print(f"[{time.time() - t0:.0f} s] train {key}", flush=True)
-    for size in args.inference_sizes:
-        for topo in args.inference_slices:
-            for dtype in args.dtypes:
-                key = f"{size}|{topo}|{dtype}|{args.inference_per_chip}"
-                if todo("inference", key):
-                    t0 = time.time()
-                    keep("inference", key, inference_cell(size, topo, dtype, args.inference_per_chip))
-                    print(f"[{time.time() - t0:.0f} s] inference {key}", flush=True)
+            cell("scaling", f"{size}|{head}|{topo}|{gb}",
+                 lambda gb=gb: train_cell(size, head, topo, "bfloat16", 0, ("cached_train_step",), gb)[0])
+    for size, head, topo, dtype in itertools.product(args.sizes, args.heads, args.slices, args.dtypes):
+        cell("train", f"{size}|{head}|{topo}|{dtype}|{args.per_chip_batch}",
+             lambda: train_cell(size, head, topo, dtype, args.per_chip_batch, tuple(args.train_programs)))
+    for size, topo, dtype in itertools.product(args.inference_sizes, args.inference_slices, args.dtypes):
+        cell("inference", f"{size}|{topo}|{dtype}|{args.inference_per_chip}",
+             lambda: inference_cell(size, topo, dtype, args.inference_per_chip))
     return res
 
 
@@ -129,7 +114,7 @@ def render(res: dict, command: str) -> str:
                      "batch all-gathers": r.get("batch_all_gathers", "")})
     if rows:
         L += ["### Pod scale: per-chip memory at a fixed per-chip share of the work", "",
-              "The cached train step (bf16 head inputs are fp32 taps) of large-v2 + TL-TR on a v5e-256 (64 hosts). "
+              "The cached train step of large-v2 + TL-TR on a v5e-256 (64 hosts); it takes fp32 taps, so the encoder dtype does not enter it. "
               "Per-chip memory must not grow with the global batch beyond the chip's own rows; a batch gathered "
               "onto every chip (mixup's old permutation partner) made it 1.0 / 7.5 / refused at these batches.", "",
               markdown_table(rows, list(rows[0])), ""]
