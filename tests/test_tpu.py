@@ -19,7 +19,7 @@ pytest.importorskip("libtpu")
 from configs import common  # noqa: E402
 from whisper_at_jax import augment, parallel, tpu, train as T  # noqa: E402
 from whisper_at_jax.heads import make_head  # noqa: E402
-from whisper_at_jax.model import dims_for  # noqa: E402
+from whisper_at_jax.model import Whisper, dims_for, param_shapes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 #: tiny.en's architecture, narrower and shallower (compile time grows with both; the programs do not change)
@@ -122,8 +122,24 @@ def _encoder_flops(d, frames: int) -> float:
 def test_encoder_flops_agree_with_the_analytic_count():
     dims = dataclasses.replace(REDUCED, n_audio_state=256, n_audio_head=4)  # wide enough for matmuls to dominate
     (rep,) = tpu.inference_programs(dims, "v5e:2x2", per_chip_batch=1, programs=("encode",), n_classes=8)
-    per_window = rep["flops"] * rep["chips"] / rep["windows"]
-    assert per_window == pytest.approx(_encoder_flops(dims, 3000), rel=0.10)
+    analytic = _encoder_flops(dims, 3000)
+    # the compiler's count adds the elementwise work (LayerNorm, GELU, softmax) to the matmuls
+    assert rep["flops"] * rep["chips"] / rep["windows"] == pytest.approx(analytic, rel=0.10)
+    # the matmuls parsed from the lowered program are the analytic ones; bf16 operands: one MXU pass each
+    assert rep["matmul_flops"] == {"1": pytest.approx(analytic * rep["windows"], rel=1e-12)}
+    assert rep["mxu_passes"] == 1
+
+
+@pytest.mark.parametrize("dtype,passes", [("bfloat16", 1), ("float32", 6)])
+def test_matmul_passes_follow_the_encoder_dtype(dtype, passes):
+    # lowered for the slice (the accelerator encoder program), not compiled: the precision is in the program already
+    mesh = tpu.topology_mesh("v5e:2x2")
+    rep, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
+    module = Whisper(REDUCED, dtype=jnp.dtype(dtype))
+    params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), param_shapes(REDUCED))
+    mel = jax.ShapeDtypeStruct((4, REDUCED.n_mels, 3000), jnp.float32, sharding=data)
+    text = jax.jit(lambda p, m: module.apply({"params": p}, m, method="encode")).lower(params, mel).as_text()
+    assert tpu.matmul_flops(text) == {str(passes): pytest.approx(4 * _encoder_flops(REDUCED, 3000), rel=1e-12)}
 
 
 def test_batch_search_finds_the_largest_fitting_batch_from_two_compiles_and_a_check():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import re
 import time
@@ -109,7 +110,9 @@ def compile_report(name: str, fn: Callable, args: Sequence[Any], topology: str,
                    global_batch: int | None = None, static: dict[str, Any] | None = None) -> dict[str, Any]:
     """Lower and compile ``fn`` (a jitted function) on abstract ``args`` (``jax.ShapeDtypeStruct`` with shardings)
     (and ``static``, its static keyword arguments) and report per chip: memory (arguments, outputs, temporaries, generated code) against the chip's HBM, FLOPs,
-    bytes accessed, the compiler's ``optimal_seconds`` and the roofline bound max(FLOPs / peak, bytes / bandwidth).
+    bytes accessed, the compiler's ``optimal_seconds`` and the roofline bound max(FLOPs x MXU passes / bf16 peak,
+    bytes / bandwidth), the passes weighted by the program's matmul FLOPs (:func:`matmul_flops`): the compiler counts
+    an fp32 matmul at HIGHEST as one pass, a TPU runs six.
 
     With ``global_batch``, ``batch_all_gathers`` counts the program's all-gathers whose result holds the whole
     global batch (a sharded batch gathered onto every chip: per-chip memory and traffic then grow with the slice).
@@ -120,7 +123,10 @@ def compile_report(name: str, fn: Callable, args: Sequence[Any], topology: str,
         rep["global_batch"] = int(global_batch)
     t0 = time.perf_counter()
     try:
-        compiled = fn.lower(*args, **(static or {})).compile()
+        lowered = fn.lower(*args, **(static or {}))
+        mm = matmul_flops(lowered.as_text())
+        passes = _weighted_passes(mm)
+        compiled = lowered.compile()
     except Exception as e:  # the compiler's refusal is the finding
         rep.update(compiled=False, error=str(e).strip().splitlines()[0][:500] if str(e).strip() else repr(e),
                    compile_s=time.perf_counter() - t0)
@@ -136,13 +142,56 @@ def compile_report(name: str, fn: Callable, args: Sequence[Any], topology: str,
     flops, nbytes = float(ca.get("flops", 0.0)), float(ca.get("bytes accessed", 0.0))
     opt = ca.get("optimal_seconds")
     rep.update(compiled=True, memory_bytes=mem, total_bytes=total, hbm_bytes=chip.hbm_bytes,
-               fits=total <= chip.hbm_bytes, flops=flops, bytes_accessed=nbytes,
-               roofline_s=max(flops / chip.bf16_flops, nbytes / chip.hbm_bandwidth),
+               fits=total <= chip.hbm_bytes, flops=flops, bytes_accessed=nbytes, matmul_flops=mm,
+               mxu_passes=passes,
+               roofline_s=max(flops * passes / chip.bf16_flops, nbytes / chip.hbm_bandwidth),
                compiler_optimal_seconds=None if opt is None else float(opt),
                compiler_estimate_usable=opt is not None and float(opt) > 0)
     if global_batch is not None:
         rep["batch_all_gathers"] = len(batch_all_gathers(compiled.as_text(), int(global_batch)))
     return rep
+
+
+#: bf16 MXU passes per matmul on a TPU by operand precision when an operand is fp32 (``jax.lax.Precision``: DEFAULT
+#: computes in bf16, HIGH in 3 bf16 passes, HIGHEST in 6); bf16 operands take one pass at any precision.
+MXU_PASSES = {"DEFAULT": 1, "HIGH": 3, "HIGHEST": 6}
+_DOT = re.compile(r"stablehlo\.(dot_general|convolution)\b(.*?):\s*\((tensor<[^>]*>),\s*(tensor<[^>]*>)\)\s*->\s*"
+                  r"(tensor<[^>]*>)")
+_PRECISION = re.compile(r"precision(?:_config)? = \[(?:#stablehlo<precision )?(HIGHEST|HIGH|DEFAULT)")
+
+
+def _tensor(t: str) -> tuple[list[int], str]:
+    *dims, dtype = t[len("tensor<"):-1].split("x")
+    return [int(d) for d in dims], dtype
+
+
+def matmul_flops(stablehlo_text: str) -> dict[str, float]:
+    """FLOPs of a lowered program's matmuls and convolutions (2 x multiply-adds) by MXU passes on a TPU
+    (:data:`MXU_PASSES`): ``{"1": ..., "6": ...}``, global (before partitioning) and counted once per op in the
+    text, so a loop body counts once; use the shares, not the totals, for a program with loops."""
+    out: dict[str, float] = {}
+    for line in stablehlo_text.splitlines():
+        m = _DOT.search(line)
+        if not m:
+            continue
+        kind, attrs, lhs, rhs, res = m.groups()
+        (ld, lt), (rd, rt), (od, _) = _tensor(lhs), _tensor(rhs), _tensor(res)
+        if kind == "dot_general":
+            contracting = re.search(r"contracting_dims = \[([\d, ]*)\]", attrs)
+            k = math.prod(ld[int(i)] for i in contracting.group(1).split(",") if i.strip()) if contracting else 1
+        else:  # kernel elements per output feature; dim_numbers name the kernel's output-feature axis "o"
+            spec = re.search(r"\]x\[([^\]]*)\]->", attrs).group(1).replace(" ", "").split(",")
+            k = math.prod(rd) // rd[spec.index("o")]
+        p = _PRECISION.search(attrs)
+        passes = MXU_PASSES[p.group(1) if p else "DEFAULT"] if "f32" in (lt, rt) else 1
+        out[str(passes)] = out.get(str(passes), 0.0) + 2.0 * math.prod(od) * k
+    return out
+
+
+def _weighted_passes(by: dict[str, float]) -> float:
+    """The matmul-FLOP-weighted mean MXU passes (1 for all-bf16 matmuls, 6 for all fp32 at HIGHEST)."""
+    total = sum(by.values())
+    return sum(int(p) * f for p, f in by.items()) / total if total else 1.0
 
 
 _ALL_GATHER = re.compile(r"=\s*(.*?)\s+all-gather(?:-start)?\(")
@@ -168,7 +217,8 @@ def format_report(rep: dict[str, Any]) -> str:
     return (f"{rep['program']} on {rep['topology']}: per chip {rep['total_bytes'] / 2**30:.2f} GiB of "
             f"{rep['hbm_bytes'] / 2**30:.0f} (args {m['arguments']:.2f}, out {m['outputs']:.2f}, temp "
             f"{m['temporaries']:.2f}, code {m['generated_code']:.3f}){'' if rep['fits'] else ' DOES NOT FIT'}; "
-            f"{rep['flops'] / 1e9:.1f} GFLOP, {rep['bytes_accessed'] / 2**30:.2f} GiB accessed per chip; roofline "
+            f"{rep['flops'] / 1e9:.1f} GFLOP (x{rep['mxu_passes']:.2g} MXU passes), {rep['bytes_accessed'] / 2**30:.2f} "
+            f"GiB accessed per chip; roofline "
             f"estimate {rep['roofline_s'] * 1e3:.2f} ms; compiler's optimal_seconds "
             f"{opt if opt is None else f'{opt:.3g}'}{'' if rep['compiler_estimate_usable'] else ' (unusable)'}")
 
