@@ -28,7 +28,7 @@ from whisper_at_jax import convert as convert_pkg
 from whisper_at_jax import hub
 from whisper_at_jax.convert import CheckpointError, params_to_state_dict, resolve
 from flax.traverse_util import flatten_dict
-from whisper_at_jax.transcribe import TranscribeError
+from whisper_at_jax.tagging import TranscribeError
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_PREFIX = "/main/whisper/models"
@@ -397,11 +397,15 @@ def test_distil_whisper_transcribes_as_openai_whisper_does(distil, hf_hub_offlin
     assert model.head_params is None  # transcription alone fetched no head
 
 
-def test_distil_whisper_tags_are_its_teachers(distil, hf_hub_offline, served, ref, speech):
+def test_distil_whisper_tags_are_its_teachers(distil, hf_hub_offline, served, ref, speech, monkeypatch):
     """distil-whisper keeps its teacher's encoder, so tags asked for fetch the teacher's AudioSet head (tiny.en's
     here, from the local server) and equal the teacher's tags with that head."""
     model = wat.load_model(distil)
     clip = speech[: 16000 * 4]
+    with pytest.raises(CheckpointError, match=r"tiny\.en_ori\.pth.*HF_HUB_OFFLINE"):
+        model.tag(clip, at_time_res=2)  # Hugging Face's offline switch keeps the head download offline too
+    assert _head_gets(served) == 0
+    monkeypatch.delenv("HF_HUB_OFFLINE")
     tags = model.tag(clip, at_time_res=2)
     assert _head_gets(served) == 1 and model.head_config["n_classes"] == 527
     teacher = wat.WhisperModel(ref.dims, ref.params, tokenizer_file=ref.tokenizer_file,

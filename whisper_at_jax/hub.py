@@ -13,8 +13,8 @@
 Downloads resume an interrupted file with an HTTP Range request, write to ``NAME.part`` and rename only a verified
 file, and hold an ``fcntl`` lock (``NAME.lock``) so two processes fetching one file download it once.
 
-Environment: ``WHISPER_AT_JAX_OFFLINE=1`` forbids every download (a missing file is an error saying what to fetch
-and where to put it); ``WHISPER_AT_JAX_BASE_URL=http://host:port`` replaces the scheme and host of every URL in the
+Environment: ``WHISPER_AT_JAX_OFFLINE=1`` (or ``HF_HUB_OFFLINE=1``) forbids every download (a missing file is an
+error saying what to fetch and where to put it); ``WHISPER_AT_JAX_BASE_URL=http://host:port`` replaces the scheme and host of every URL in the
 tables (a mirror, or the tests' local server); ``XDG_CACHE_HOME`` moves the caches.
 """
 
@@ -104,9 +104,19 @@ class DownloadError(RuntimeError):
     """A file could not be fetched or failed verification (the message names the URL, the file and what to do)."""
 
 
+def offline_switch() -> str | None:
+    """The environment variable that forbids downloads, if one is set to a true value (1, true, yes, on):
+    ``WHISPER_AT_JAX_OFFLINE``, or Hugging Face's ``HF_HUB_OFFLINE`` (whoever keeps the Hub offline means no
+    network, so it keeps the head and model downloads offline too)."""
+    for name in (OFFLINE_ENV, "HF_HUB_OFFLINE"):
+        if os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on"):
+            return name
+    return None
+
+
 def offline() -> bool:
-    """True when ``WHISPER_AT_JAX_OFFLINE`` is set to a true value (1, true, yes, on)."""
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    """True when a download is forbidden (:func:`offline_switch`)."""
+    return offline_switch() is not None
 
 
 def whisper_cache_dir() -> Path:
@@ -246,7 +256,7 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
     if dest.is_file() and sha256 is None:
         return dest  # verified when it was written; checksummed files are re-checked below (as openai-whisper does)
     if offline() and not dest.is_file():
-        raise DownloadError(f"{what} is not cached at {dest} and {OFFLINE_ENV} is set, so nothing is downloaded: "
+        raise DownloadError(f"{what} is not cached at {dest} and {offline_switch()} is set, so nothing is downloaded: "
                             f"{manual_route(url, dest)}")
     with file_lock(dest.with_name(dest.name + ".lock")):
         if dest.is_file():  # cached, or fetched by another process while this one waited for the lock
@@ -255,7 +265,7 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
             print(f"warning: {dest} does not match its SHA-256 {sha256}; downloading it again", file=sys.stderr)
             dest.unlink()
         if offline():
-            raise DownloadError(f"{what} is not cached at {dest} and {OFFLINE_ENV} is set: {manual_route(url, dest)}")
+            raise DownloadError(f"{what} is not cached at {dest} and {offline_switch()} is set: {manual_route(url, dest)}")
         part = dest.with_name(dest.name + ".part")
         _fetch_into(url, part, dest.name)
         digest = sha256_of(part)
