@@ -31,7 +31,8 @@ def run_one(size: str, mode: str, head: str, batch: int, steps: int, encoder_dty
     from whisper_at_jax.api import WhisperModel
     from whisper_at_jax.audio import HOP_LENGTH, SAMPLE_RATE
     from whisper_at_jax.model import dims_for, param_shapes
-    from whisper_at_jax.train import ExampleSource, train
+    from whisper_at_jax.data import ExampleSource
+    from whisper_at_jax.train import train
 
     dims = dims_for(size)
     model = None

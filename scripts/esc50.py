@@ -120,7 +120,7 @@ def _write_features(model_name: str, rows: list[dict], names: list[str], out_dir
     ``clip_audio(start, chunk)`` gives the [len(chunk), samples] audio of the rows ``rows[start:start + len(chunk)]``.
     """
     from whisper_at_jax import load_model
-    from whisper_at_jax.train import FeatureWriter, extract_features
+    from whisper_at_jax.data import FeatureWriter, extract_features
 
     meta_path = out_dir / "meta.json"
     if meta_path.is_file():
@@ -192,7 +192,8 @@ def train_fold(model_name: str, mode: str, features: Path, fold: int, lr: float,
     trainer's fold split (``config.data.fold``) done here on the taps held in memory, then ``train`` with them as
     its train/eval sources."""
     from configs import esc50 as esc_config
-    from whisper_at_jax.train import ExampleSource, train
+    from whisper_at_jax.data import ExampleSource
+    from whisper_at_jax.train import train
 
     x, y, ids, folds = _in_memory(features)
     held = folds == int(fold)
@@ -300,7 +301,7 @@ def extract_speech_mixed(model_name: str, rows: list[dict], names: list[str], ou
 
 def load_all_taps(features: Path) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
     """Every clip's taps (float16, in memory), multi-hot labels, ids and folds of a features folder."""
-    from whisper_at_jax.train import open_features
+    from whisper_at_jax.data import open_features
 
     src, _, folds = open_features(features, "train")
     return np.asarray(src.x.take(np.arange(len(src)))), np.asarray(src.labels), list(src.ids), np.asarray(folds)
@@ -322,7 +323,8 @@ def train_speech_head(model_name: str, mode: str, lr: float, clean: Path, mixed:
 
     from configs import esc50 as esc_config
     from whisper_at_jax.heads import make_head
-    from whisper_at_jax.train import ExampleSource, train
+    from whisper_at_jax.data import ExampleSource
+    from whisper_at_jax.train import train
 
     xc, yc, ids_c, fc = load_all_taps(clean)
     xm, ym, ids_m, fm = load_all_taps(mixed)
@@ -403,7 +405,7 @@ def save_default_head(out_dir: Path, model_name: str, mode: str, params: dict, n
 
 def time_mean_features(features: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """[N, L, D] time-mean taps, targets [N], folds [N] from a features folder."""
-    from whisper_at_jax.train import open_features
+    from whisper_at_jax.data import open_features
 
     src, _, folds = open_features(features, "train")
     x = np.concatenate([np.asarray(src.x.take(np.arange(s, min(s + 256, len(src)))), np.float32).mean(2)

@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     from whisper_at_jax.convert import CheckpointError
     from whisper_at_jax.heads import make_head
     from whisper_at_jax.io_utils import atomic_write_bytes
-    from whisper_at_jax.train import (TFRecordData, TrainError, build_steps, eval_batches,
-                                      evaluate, open_features)
+    from whisper_at_jax.data import TFRecordData, TrainError, eval_batches, open_features
+    from whisper_at_jax.train import build_steps, evaluate
 
     try:
         model = load_model(args.checkpoint, dtype=args.encoder_dtype)

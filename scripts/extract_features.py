@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from whisper_at_jax import load_model
     from whisper_at_jax.audio import HOP_LENGTH, SAMPLE_RATE
-    from whisper_at_jax.data import DataError, make_dataset, read_metadata
-    from whisper_at_jax.train import FeatureWriter, TrainError, extract_features
+    from whisper_at_jax.data import (DataError, FeatureWriter, TrainError, extract_features, make_dataset,
+                                     read_metadata)
 
     try:
         meta = read_metadata(args.tfrecords)

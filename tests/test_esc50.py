@@ -99,7 +99,7 @@ def test_esc50_labels_and_bad_folder(tmp_path: Path) -> None:
 def _separable_features(path: Path, model: str = "tiny.en") -> Path:
     """A features folder like scripts/esc50.py's, of made-up taps: 2 classes x 2 folds x 10 clips, each class
     shifted along its own feature, so a working probe separates them and a broken fold split or label join does not."""
-    from whisper_at_jax.train import FeatureWriter
+    from whisper_at_jax.data import FeatureWriter
 
     rng = np.random.default_rng(0)
     writer = FeatureWriter(path, "train", {"model": model, "n_layers": 4, "width": 8, "steps": 5, "pool": 10,
@@ -135,7 +135,7 @@ def test_encoder_dtype_has_its_own_features_and_results(tmp_path: Path, capsys, 
     """--encoder_dtype: bf16 taps get their own default folder, reach the trainer's extraction as its dtype, are
     recorded in meta.json and results.json, and are never mixed with fp32 taps or fp32 results (no encoding here:
     the extraction is replaced by a recorder)."""
-    import whisper_at_jax.train as wtrain
+    import whisper_at_jax.data as wdata
 
     assert esc50.default_features("tiny.en") == Path("/tmp/esc50_feats_tiny.en")  # the historical name
     assert esc50.default_features("base", "bfloat16") == Path("/tmp/esc50_feats_base_bfloat16")
@@ -153,7 +153,7 @@ def test_encoder_dtype_has_its_own_features_and_results(tmp_path: Path, capsys, 
             n += int(keep.sum())
         return n
 
-    monkeypatch.setattr(wtrain, "extract_features", fake_extract)
+    monkeypatch.setattr(wdata, "extract_features", fake_extract)
     rows = [{"id": f"c{i}", "path": "", "fold": 1 + i % 2, "target": i % 2, "category": "x"} for i in range(4)]
     feats = esc50._write_features("tiny.en", rows, ["a", "b"], tmp_path / "f", 4, "test",
                                   lambda _, chunk: np.zeros((len(chunk), 80000), np.float32), "features",

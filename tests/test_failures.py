@@ -26,6 +26,7 @@ from test_infer import files, run_infer  # noqa: F401
 from test_train import random_features, small_config  # noqa: F401
 
 from whisper_at_jax import train as T
+from whisper_at_jax.data import FeatureWriter, IndexStream
 
 OVER = {"checkpoint.every_steps": 4, "checkpoint.async_save": False, "data.fold": -1, "data.eval_split": "",
         "eval_every_epochs": 0, "aug.mixup_p": 0.5}
@@ -121,7 +122,7 @@ def nan_features(tmp_path_factory) -> tuple[Path, int]:
     x = rng.normal(size=(80, 2, 5, 32)) + 0.5 * np.repeat(y, 8, axis=1)[:, None, None, :]
     ids = [f"train{i}" for i in range(80)]
     ids[37] = "bad"
-    w = T.FeatureWriter(d, "train", meta, shard_size=30, dtype="float16")
+    w = FeatureWriter(d, "train", meta, shard_size=30, dtype="float16")
     w.add(x, y, ids, folds=np.arange(80) % 5 + 1)
     w.close()
     shard = np.load(d / "train-00001.npy", mmap_mode="r+")  # rows 30-59; the writer refuses NaN, the disk does not
@@ -133,7 +134,7 @@ def nan_features(tmp_path_factory) -> tuple[Path, int]:
 
 def _steps_with(row: int, n: int = 80, steps: int = 12) -> list[int]:
     """1-based steps whose batch holds ``row`` (the trainer's own index stream: batch 8, seed 0, unbalanced)."""
-    stream = T.IndexStream(n, 8, 0)
+    stream = IndexStream(n, 8, 0)
     return [i + 1 for i in range(steps) if row in stream.batch_indices(i)]
 
 
@@ -288,7 +289,7 @@ def tiny_en_features(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("tinyfeat")
     rng = np.random.default_rng(0)
     meta = {"model": "tiny.en", "n_layers": 4, "width": 384, "steps": 5, "pool": 20, "labels": list("abcd")}
-    w = T.FeatureWriter(d, "train", meta, shard_size=16, dtype="float16")
+    w = FeatureWriter(d, "train", meta, shard_size=16, dtype="float16")
     w.add(rng.normal(size=(16, 4, 5, 384)), np.eye(4)[np.arange(16) % 4], [f"t{i}" for i in range(16)])
     w.close()
     return d
@@ -330,9 +331,10 @@ FEATURES_FULL = """
 import resource, signal, sys
 import numpy as np
 from whisper_at_jax import train as T
+from whisper_at_jax.data import FeatureWriter
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
-w = T.FeatureWriter({out!r}, "train", {{"model": "none", "n_layers": 2, "width": 32, "steps": 5}}, shard_size=8)
+w = FeatureWriter({out!r}, "train", {{"model": "none", "n_layers": 2, "width": 32, "steps": 5}}, shard_size=8)
 try:
     w.add(np.zeros((8, 2, 5, 32)), np.eye(4)[np.zeros(8, int)], [str(i) for i in range(8)])
 except T.TrainError as e:

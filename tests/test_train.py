@@ -27,7 +27,8 @@ from whisper_at_jax import augment as aug  # noqa: E402
 from whisper_at_jax import parallel  # noqa: E402
 from whisper_at_jax import train as T  # noqa: E402
 from whisper_at_jax.audio import SAMPLE_RATE as SR  # noqa: E402
-from whisper_at_jax.data import label_balanced_weights  # noqa: E402
+from whisper_at_jax.data import (FeatureWriter, IndexStream, gather_states, label_balanced_weights,  # noqa: E402
+                                 open_feed)
 from whisper_at_jax.heads import make_head  # noqa: E402
 
 
@@ -93,7 +94,7 @@ def random_features(tmp_path_factory) -> Path:
     for split, n in (("train", 80), ("eval", 24)):
         y = np.eye(4)[rng.integers(0, 4, n)]
         x = rng.normal(size=(n, 2, 5, 32)) + 0.5 * np.repeat(y, 8, axis=1)[:, None, None, :]
-        w = T.FeatureWriter(d, split, meta, shard_size=30, dtype="float16")
+        w = FeatureWriter(d, split, meta, shard_size=30, dtype="float16")
         w.add(x, y, [f"{split}{i}" for i in range(n)], folds=np.arange(n) % 5 + 1)
         w.close()
     return d
@@ -156,13 +157,13 @@ def test_optimizer_matches_torch_adam_coupled_l2_and_step_decay():
 
 
 def test_index_stream_is_a_function_of_position_and_balanced_weights():
-    s1 = T.IndexStream(10, 4, seed=3)
+    s1 = IndexStream(10, 4, seed=3)
     seq = [s1.batch_indices(i) for i in range(8)]  # crosses pass boundaries (10 is not a multiple of 4)
     flat = np.concatenate(seq)
     assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
-    s2 = T.IndexStream(10, 4, seed=3)
+    s2 = IndexStream(10, 4, seed=3)
     assert np.array_equal(s2.batch_indices(5), seq[5])  # a fresh stream resumes at any position
-    assert not np.array_equal(T.IndexStream(10, 4, seed=4).batch_indices(0), seq[0])
+    assert not np.array_equal(IndexStream(10, 4, seed=4).batch_indices(0), seq[0])
 
     labels = np.zeros((6, 3))
     labels[[0, 1, 2, 3], 0] = 1
@@ -172,10 +173,59 @@ def test_index_stream_is_a_function_of_position_and_balanced_weights():
     counts = labels.sum(0)
     want = [sum(1000.0 / (counts[k] + 0.01) for k in np.nonzero(row)[0]) for row in labels]
     np.testing.assert_allclose(label_balanced_weights(labels), want, rtol=1e-12)
-    stream = T.IndexStream(6, 6, 0, label_balanced_weights(labels))
+    stream = IndexStream(6, 6, 0, label_balanced_weights(labels))
     draws = np.concatenate([stream.batch_indices(i) for i in range(500)])
     freq = np.bincount(draws, minlength=6) / draws.size
     np.testing.assert_allclose(freq, np.asarray(want) / np.sum(want), atol=0.01)  # 3000 draws: ~0.006 s.d.
+
+
+def test_feed_resumes_from_its_position(random_features, tmp_path):
+    """Cached features through the feed: fold 2 held out for eval; batches from position k equal the uninterrupted
+    iterator's k-th on, and ``state()`` is the position."""
+    c = small_config(tmp_path, **{"data.features": str(random_features), "data.fold": 2, "data.balanced": True})
+    feed = open_feed(c)
+    assert (feed.kind, feed.n_train, feed.n_classes, feed.labels, feed.has_eval) == ("taps", 64, 4, list("abcd"), True)
+    it = feed.train_batches(0, None)
+    run = [next(it) for _ in range(12)]  # 96 rows: past the first pass of 64
+    assert it.state() == {"batches": 12} and gather_states(it) == [{"batches": 12}]
+    resumed = feed.train_batches(7, {"hosts": [{"batches": 7}]})
+    for ids, rows in run[7:]:
+        ids2, rows2 = next(resumed)
+        assert ids2 == ids and np.array_equal(rows2["x"], rows["x"]) and np.array_equal(rows2["labels"], rows["labels"])
+    ev = list(feed.eval_iter())
+    assert sum(int(b["mask"].sum()) for b in ev) == 16 and all(len(b["x"]) == 8 for b in ev)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The compiled programs: memoised on the config
+
+
+def test_compiled_steps_are_keyed_on_the_config(tmp_path, monkeypatch):
+    """Run-only keys (workdir, the fold, logging, checkpoints) reuse the compiled steps; any other key, a
+    hyper-parameter no code knows of yet included, gets new ones."""
+    monkeypatch.setattr(T, "_STEPS_MEMO", {})
+    base = common.base_config()
+    for key in T.RUN_ONLY_KEYS:  # every excluded key is a real one (a typo would exclude nothing)
+        node = base
+        for part in key.split("."):
+            assert part in node, key
+            node = node[part]
+    mesh, shape = parallel.make_mesh(), (1, 2, 5, 32)
+    c = small_config(tmp_path / "a")
+    head = make_head(c.head.mode, 2, 32, 4)
+    steps = T.cached_steps(c, mesh, head, 4, shape)
+    run_only = {"data.fold": 3, "data.features": "/elsewhere", "log_every_steps": 7, "checkpoint.every_steps": 9,
+                "epochs": 11, "wa.start_epoch": 5, "progress": True}
+    assert T.cached_steps(small_config(tmp_path / "b", **run_only), mesh, head, 4, shape) is steps
+    changed = {"aug.mixup_alpha": 3.0, "aug.time_mask": 2, "lr": 2e-4, "b2": 0.99, "lr_decay.factor": 0.5,
+               "seed": 1, "loss": "softmax", "encoder_dtype": "bfloat16", "data.pool": 10}
+    for key, value in changed.items():
+        assert T.cached_steps(small_config(tmp_path / "a", **{key: value}), mesh, head, 4, shape) is not steps, key
+    new = small_config(tmp_path / "a")
+    new.new_hyper_parameter = 0.5
+    assert T.cached_steps(new, mesh, head, 4, shape) is not steps
+    assert T.cached_steps(c, mesh, head, 5, shape) is not steps  # steps per epoch (the lr schedule)
+    assert T.cached_steps(c, mesh, make_head("tl_tr_1_8", 2, 32, 4), 4, shape) is not steps
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -273,7 +323,7 @@ def tone_data(tiny_en, tmp_path_factory):
                                   "float32", "--batch_size", "16", "--fold_regex", r"^f(\d+)-"]) == 0
     src, meta, folds = T.open_features(d / "float32", "train")
     assert meta["steps"] == 10 and meta["labels"] == names and len(src) == 64
-    w16 = T.FeatureWriter(d / "float16", "train", meta, shard_size=40, dtype="float16")
+    w16 = FeatureWriter(d / "float16", "train", meta, shard_size=40, dtype="float16")
     w16.add(src.x.take(np.arange(len(src))), src.labels, src.ids, folds)
     w16.close()
     # The clips exactly as stored (the online path must see the same samples the features were made from).
@@ -660,7 +710,7 @@ def test_bad_features_are_clear_errors(random_features, tmp_path):
     with pytest.raises(T.TrainError, match="mode"):
         T.train(small_config(tmp_path / "w", mode="both"))
     with pytest.raises(T.TrainError, match="non-finite"):
-        T.FeatureWriter(tmp_path / "g", "train", {}).add(np.full((1, 2, 5, 32), np.nan), np.ones((1, 4)), ["x"])
+        FeatureWriter(tmp_path / "g", "train", {}).add(np.full((1, 2, 5, 32), np.nan), np.ones((1, 4)), ["x"])
 
 
 # ----------------------------------------------------------------------------------------------------------------
