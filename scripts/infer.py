@@ -122,7 +122,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         [int(t) for t in args.suppress_tokens.split(",") if t.strip()]
     except ValueError:
         ap.error(f"--suppress-tokens must be comma-separated integers, got {args.suppress_tokens!r}")
-    from whisper_at_jax.transcribe import TranscribeError, parse_clip_timestamps
+    from whisper_at_jax.tagging import TranscribeError
+    from whisper_at_jax.transcribe import parse_clip_timestamps
 
     try:
         clips = parse_clip_timestamps(args.clip_timestamps)
@@ -175,7 +176,7 @@ def _temperatures(start: float, step: float) -> tuple[float, ...]:
 
 def _print_result(path: str, result: dict, args: argparse.Namespace) -> None:
     from whisper_at_jax.outputs import format_timestamp
-    from whisper_at_jax.transcribe import parse_at_label, sigmoid
+    from whisper_at_jax.tagging import parse_at_label, sigmoid
 
     print(f"== {path}")
     for s in result.get("segments", []):
@@ -231,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     from whisper_at_jax.convert import CheckpointError
     from whisper_at_jax.jobs import EXIT_RESUMABLE, StopRequest, split_done
     from whisper_at_jax.outputs import get_writer
-    from whisper_at_jax.transcribe import TranscribeError, tag, transcribe
+    from whisper_at_jax.tagging import TranscribeError, at_time_res_steps, tag
+    from whisper_at_jax.transcribe import transcribe
 
     t0 = time.perf_counter()
     try:
@@ -247,8 +249,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     want_tags = has_head and not args.no_tags
     try:
-        from whisper_at_jax.transcribe import at_time_res_steps
-
         if want_tags:
             at_time_res_steps(args.at_time_res)
     except TranscribeError as e:

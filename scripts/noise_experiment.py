@@ -107,7 +107,8 @@ def run(args: argparse.Namespace) -> dict:
     from esc50 import find_esc50, load_clip
     from make_demo import mix_at_snr
     from whisper_at_jax import load_model
-    from whisper_at_jax.transcribe import tag, transcribe
+    from whisper_at_jax.tagging import tag
+    from whisper_at_jax.transcribe import transcribe
 
     shared = Path(args.shared)
     esc_dir = find_esc50(shared)
@@ -249,7 +250,7 @@ def synth_check(model_name: str, head: str | None = None, top: int = 3) -> list[
     was trained on), 6 dB, one 10-s tag row. Returns per background the top classes with sigmoid probabilities."""
     from make_demo import BACKGROUNDS, make_demo
     from whisper_at_jax import load_model
-    from whisper_at_jax.transcribe import sigmoid, tag
+    from whisper_at_jax.tagging import sigmoid, tag
 
     model = load_model(model_name, at_head=head)
     labels = [row[1] for row in sorted(model.head_config["labels"], key=lambda r: int(r[0]))]

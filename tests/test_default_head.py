@@ -97,7 +97,7 @@ def test_demo_is_small_and_tagged_as_its_background(model) -> None:
     import make_demo
 
     from whisper_at_jax.audio import load_audio
-    from whisper_at_jax.transcribe import sigmoid
+    from whisper_at_jax.tagging import sigmoid
 
     assert DEMO.stat().st_size < 300 * 1024
     audio = load_audio(str(DEMO))

@@ -81,7 +81,7 @@ def test_wer_normalisation_matches_jiwer() -> None:
 
 
 def test_at_time_res_gives_one_row() -> None:
-    from whisper_at_jax.transcribe import at_time_res_steps
+    from whisper_at_jax.tagging import at_time_res_steps
 
     for n in (16000 * 11, 80000, 80001, 1234567 % 480000):
         res = noise_experiment.at_res_for(n)

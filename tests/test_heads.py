@@ -23,9 +23,10 @@ import jax.numpy as jnp  # noqa: E402
 
 from whisper_at_jax.heads import (  # noqa: E402
     HeadCheckpointError, head_param_count, head_param_shapes, head_params_from_torch, head_params_to_torch,
-    head_segments, infer_head_mode, init_head, make_head, parse_mode, pool_taps, resolution_to_steps)
+    head_segments, infer_head_mode, init_head, make_head, parse_mode, pool_taps)
 from whisper_at_jax.labels import (  # noqa: E402
     Label, LabelListError, audioset_labels, load_label_list, mid_to_index, write_label_csv)
+from whisper_at_jax.tagging import at_time_res_steps  # noqa: E402
 
 ATModel = whisper_at_model.ATModel
 RefBlock = whisper_at_model.ResidualAttentionBlock
@@ -213,7 +214,7 @@ def test_head_segments_match_time_resolution_path(tmp_path_factory):
     """head_segments == ATModel.forward(audio_rep, time_resolution) per item, incl. a zero-padded last segment."""
     c = case("tl_down_tr_512_1_8", tmp_path_factory)
     taps = random_taps((2, N_LAYERS, 37, WIDTH), seed=4)  # 37 steps at 4 s (10 steps): 4 segments, 3 padded
-    got = np.asarray(head_segments(lambda x: c["apply"](c["params"], x), jnp.asarray(taps), resolution_to_steps(4)))
+    got = np.asarray(head_segments(lambda x: c["apply"](c["params"], x), jnp.asarray(taps), at_time_res_steps(4)))
     ref = package_segments(c["package"], taps, 4)
     assert got.shape == ref.shape == (2, 4, N_CLASSES)
     assert np.abs(got - ref).max() <= tol(ref)
@@ -308,14 +309,6 @@ def test_pool_taps_matches_avg_pool2d_for_every_batch_item():
     with pytest.raises(ValueError, match=r"\[batch, n_layers, frames, d\]"):
         pool_taps(jnp.asarray(x[0]))
     assert pool_taps(jnp.asarray(x[:, :, :60]).astype(jnp.bfloat16), 10).dtype == jnp.bfloat16
-
-
-def test_resolution_to_steps():
-    assert resolution_to_steps(10) == 25 and resolution_to_steps(0.4) == 1
-    assert resolution_to_steps(3 * 0.4) == 3  # 1.2000000000000002 s: whisper-at's float assertion rejects it
-    for bad in (0.5, 0, -0.4, "10"):
-        with pytest.raises(ValueError):
-            resolution_to_steps(bad)
 
 
 def test_mode_parsing():

@@ -115,7 +115,7 @@ def test_sdh_captions(result, tmp_path):
 
 def test_json_carries_transcript_and_tags(result, tmp_path):
     from whisper_at_jax.outputs import get_writer
-    from whisper_at_jax.transcribe import parse_at_label
+    from whisper_at_jax.tagging import parse_at_label
 
     r = _tagged(result)
     get_writer("json", str(tmp_path))(r, "clip.wav")

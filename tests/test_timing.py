@@ -150,7 +150,8 @@ def test_batched_word_timestamps_equal_openai_whispers_on_each_window(tiny_en, t
     from whisper.utils import get_end
 
     from whisper_at_jax.audio import log_mel_spectrogram
-    from whisper_at_jax.transcribe import N_FRAMES, N_SAMPLES, window_bounds
+    from whisper_at_jax.audio import N_FRAMES, N_SAMPLES
+    from whisper_at_jax.transcribe import window_bounds
 
     rng = np.random.default_rng(1)
     gap = lambda s: (0.003 * rng.standard_normal(int(s * 16000))).astype(np.float32)  # noqa: E731

@@ -314,7 +314,7 @@ def reference_rows(ref, audio: np.ndarray, res: float) -> np.ndarray:
 def test_tag_alignment_against_reference(at_pair, tag_audio, res):
     """Rows on the absolute grid at 0.4/2/10/30 s (row ends inside windows) and 4 s (rows straddling the 30-s
     window boundary: steps 70-79), on 47.3 s of audio (a partial last row)."""
-    from whisper_at_jax.transcribe import tag
+    from whisper_at_jax.tagging import tag
 
     ours, ref = at_pair
     got = tag(ours, tag_audio, at_time_res=res)
@@ -347,9 +347,9 @@ def reference_block_outputs(ref, mel_window: np.ndarray):
 
 def decoder_windows(monkeypatch, model) -> list:
     """Spy on the one encoder pass per decoder window: every mel window our transcribe encodes (with layers)."""
-    import whisper_at_jax.transcribe as tr
+    from whisper_at_jax import tagging
 
-    compiled = tr._compiled(model)
+    compiled = tagging.compiled(model)
     real, seen = compiled.encode_layers, []
     monkeypatch.setattr(compiled, "encode_layers", lambda p, mel: (seen.extend(np.asarray(mel)), real(p, mel))[1])
     return seen
@@ -396,11 +396,12 @@ def test_transcribe_tags_follow_the_decoder_windows(at_pair, tag_audio, monkeypa
     equal to the reference encoder + ATModel applied frame by frame to the same windows (4 s: rows straddling
     a window change; 30 s: a row longer than what one window transcribes; batched with 2 windows per batch)."""
     import whisper_at_jax.transcribe as tr
+    from whisper_at_jax import tagging
 
     ours, ref = at_pair
     windows = decoder_windows(monkeypatch, ours)
     got = tr.transcribe(ours, tag_audio, at_time_res=res, temperature=0.0, mode=mode, batch_size=batch_size)
-    mel, content = tr._load(ours, tag_audio)
+    mel, content = tagging.load_mel(ours, tag_audio)
     seeks_windows = window_seeks(mel, content, windows)
     seeks = [s for s, _ in seeks_windows]
     assert seeks[0] == 0 and len(seeks) >= 2 and all(s % 2 == 0 for s in seeks), seeks
@@ -426,6 +427,7 @@ def test_transcribe_tags_equal_whisper_at_transcribe(at_pair, tag_audio, monkeyp
     from whisper_at.decoding import decode as at_decode
 
     import whisper_at_jax.transcribe as tr
+    from whisper_at_jax import tagging
 
     ours, ref = at_pair
     windows = []
@@ -452,7 +454,7 @@ def test_transcribe_tags_equal_whisper_at_transcribe(at_pair, tag_audio, monkeyp
 
     ours_windows = decoder_windows(monkeypatch, ours)
     seq = tr.transcribe(ours, tag_audio, at_time_res=10, temperature=0.0)
-    our_mel, content = tr._load(ours, tag_audio)
+    our_mel, content = tagging.load_mel(ours, tag_audio)
     seeks = [s for s, _ in window_seeks(our_mel, content, ours_windows)]
 
     def our_owner(row: int):  # the window whose transcribed frames hold the whole row, if one does
@@ -469,14 +471,14 @@ def test_transcribe_tags_equal_whisper_at_transcribe(at_pair, tag_audio, monkeyp
     err = np.abs(A[comparable] - B[comparable]).max()
     print(f"rows {comparable}; whisper-at windows at {ref_seeks}, ours at {seeks}: max diff {err:.2e}")
     assert err < TAG_TOL
-    only = tr.tag(ours, tag_audio, at_time_res=10)["audio_tag"]
+    only = tagging.tag(ours, tag_audio, at_time_res=10)["audio_tag"]
     # same program on the same window except for batch composition (1e-5: XLA CPU may block a batch differently)
     assert np.abs(only[comparable] - B[comparable]).max() < 1e-5
     assert seq["text"]
 
 
 def test_tag_batch_sizes_agree(at_pair, tag_audio):
-    from whisper_at_jax.transcribe import tag
+    from whisper_at_jax.tagging import tag
 
     ours, _ = at_pair
     one = tag(ours, tag_audio, at_time_res=2, batch_size=1)["audio_tag"]
@@ -487,9 +489,10 @@ def test_tag_batch_sizes_agree(at_pair, tag_audio):
 
 def test_fallback_reuses_encoder_and_never_reruns_head(at_pair, speech, monkeypatch):
     import whisper_at_jax.transcribe as tr
+    from whisper_at_jax import tagging
 
     ours, _ = at_pair
-    compiled = tr._compiled(ours)
+    compiled = tagging.compiled(ours)
     counts = {"encode": 0, "head": 0}
     for name in ("encode", "encode_layers"):
         fn = getattr(compiled, name)
@@ -520,19 +523,28 @@ def test_fallback_reuses_encoder_and_never_reruns_head(at_pair, speech, monkeypa
 
 @pytest.mark.parametrize("bad", [1.0, 0.3, 0, -0.4, float("nan"), "10", True])
 def test_at_time_res_validation(at_pair, speech, bad):
-    from whisper_at_jax.transcribe import TranscribeError, at_time_res_steps, tag
+    from whisper_at_jax.tagging import TranscribeError, tag
 
     with pytest.raises(TranscribeError, match="at_time_res"):
         tag(at_pair[0], speech, at_time_res=bad)
+
+
+def test_at_time_res_steps():
+    from whisper_at_jax.tagging import STEP_SECONDS, TranscribeError, at_time_res_steps
+
+    assert STEP_SECONDS == 0.4
+    assert at_time_res_steps(10) == 25 and at_time_res_steps(0.4) == 1
     assert at_time_res_steps(0.4 * 3) == 3  # 1.2000000000000002: whisper-at's float check rejects it
-    assert at_time_res_steps(10) == 25
+    for bad in (0.5, 1.0, 0.3, 0, -0.4, float("nan"), float("inf"), "10", True):
+        with pytest.raises(TranscribeError, match="at_time_res"):
+            at_time_res_steps(bad)
 
 
 def test_parse_at_label_equals_whisper_at(at_pair, tag_audio):
     import torch
     from whisper_at.at_post_processing import parse_at_label as ref_parse
 
-    from whisper_at_jax.transcribe import parse_at_label, tag
+    from whisper_at_jax.tagging import parse_at_label, tag
 
     ours, _ = at_pair
     result = tag(ours, tag_audio, at_time_res=2)
@@ -564,7 +576,8 @@ import jax
 from whisper_at_jax import convert, load_model
 from whisper_at_jax.api import WhisperModel
 from whisper_at_jax.convert.at_head import load_at_head
-from whisper_at_jax.transcribe import tag, transcribe
+from whisper_at_jax.tagging import tag
+from whisper_at_jax.transcribe import transcribe
 assert jax.device_count() == 2, jax.devices()
 m = load_model("tiny.en", at_head=False)
 hp, hc = load_at_head(sys.argv[1], m.dims)
@@ -588,7 +601,8 @@ def test_batched_over_two_devices_equals_one(at_pair, tag_audio, tmp_path):
     import torch
 
     from whisper_at_jax.heads import head_params_to_torch
-    from whisper_at_jax.transcribe import tag, transcribe
+    from whisper_at_jax.tagging import tag
+    from whisper_at_jax.transcribe import transcribe
 
     ours, _ = at_pair
     torch.save({k: torch.from_numpy(np.array(v)) for k, v in head_params_to_torch(ours.head_params).items()},

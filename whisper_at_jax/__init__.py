@@ -14,7 +14,7 @@ def __getattr__(name: str):
 
         return getattr(audio, name)
     if name == "parse_at_label":
-        from .transcribe import parse_at_label
+        from .tagging import parse_at_label
 
         return parse_at_label
     raise AttributeError(f"module 'whisper_at_jax' has no attribute {name!r}")

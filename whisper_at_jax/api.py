@@ -110,8 +110,8 @@ class WhisperModel:
         return transcribe(self, audio, **options)
 
     def tag(self, audio: Any, **options: Any) -> dict:
-        """Sound tags only, no decoder: see :func:`whisper_at_jax.transcribe.tag`."""
-        from .transcribe import tag
+        """Sound tags only, no decoder: see :func:`whisper_at_jax.tagging.tag`."""
+        from .tagging import tag
 
         return tag(self, audio, **options)
 

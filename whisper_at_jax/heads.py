@@ -49,10 +49,8 @@ from .model import LayerNorm, ResidualAttentionBlock, matmul_precision
 Array = jax.Array
 Params = dict[str, Any]
 
-#: Whisper-AT pools 20 encoder frames (20 ms each) into one step.
+#: Whisper-AT pools 20 encoder frames (20 ms each) into one 0.4-s step (the one pool constant: tagging reads it).
 POOL_FACTOR = 20
-#: Seconds per pooled step at the default pooling (Whisper's 50 encoder frames/s / 20).
-STEP_SECONDS = 0.4
 #: AudioSet's class count: the released heads' output size.
 AUDIOSET_CLASSES = 527
 
@@ -87,19 +85,6 @@ def pool_taps(layers: Array, factor: int = POOL_FACTOR, *, truncate: bool = Fals
         raise ValueError(f"{t} frames is fewer than one pool window of {factor}")
     x = layers[:, :, : steps * factor].reshape(b, n_layers, steps, int(factor), d)
     return jnp.mean(x, axis=3, dtype=jnp.float32).astype(layers.dtype)
-
-
-def resolution_to_steps(seconds: float, step_seconds: float = STEP_SECONDS) -> int:
-    """A time resolution in seconds as a whole number of pooled steps (0.4 s each by default).
-
-    Integer steps avoid whisper-at's float check (``at_time_res * 100 % 40``) that rejects e.g. 1.2000000000000002.
-    """
-    if not isinstance(seconds, (int, float, np.floating, np.integer)) or isinstance(seconds, bool):
-        raise ValueError(f"time resolution must be a number of seconds, got {seconds!r}")
-    steps = round(float(seconds) / step_seconds)
-    if steps < 1 or abs(steps * step_seconds - float(seconds)) > 1e-6:
-        raise ValueError(f"time resolution {seconds} s is not a positive multiple of {step_seconds} s")
-    return int(steps)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, TextIO
 import numpy as np
 
 from .io_utils import atomic_write_bytes
+from .tagging import parse_at_label
 
 #: AudioSet classes that are speech itself: a caption does not announce "[Speech]".
 SPEECH_CLASSES = frozenset({
@@ -70,8 +71,6 @@ def caption_tag_spans(result: dict, options: Optional[dict] = None) -> list[tupl
     the audio's duration when known. Empty when the result has no tags."""
     if "audio_tag" not in result or "at_time_res" not in result:
         return []
-    from .transcribe import parse_at_label
-
     options = options or {}
     threshold = options.get("tag_threshold", CAPTION_TAG_THRESHOLD)
     top_k = options.get("tag_top_k", CAPTION_TAG_TOP_K)
@@ -279,8 +278,6 @@ def jsonable(result: dict, options: Optional[dict] = None) -> dict:
 
     out = conv(result)
     if "audio_tag" in result and "at_time_res" in result:
-        from .transcribe import parse_at_label
-
         options = options or {}
         parsed = parse_at_label(result, top_k=options.get("top_k", 5), p_threshold=options.get("p_threshold", -1.0))
         duration = result.get("duration")  # the last row ends with the audio, not at its grid line

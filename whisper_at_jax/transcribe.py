@@ -1,5 +1,4 @@
-"""Long-form transcription (openai-whisper's ``transcribe``), Whisper-AT sound tags from the same encoder pass,
-tags-only inference (``tag``) and ``parse_at_label``.
+"""Long-form transcription: openai-whisper's ``transcribe``, with Whisper-AT sound tags from the same encoder pass.
 
 Two long-form modes:
 
@@ -26,53 +25,31 @@ Two long-form modes:
     makes them independent. Fallbacks re-decode only the windows that failed, at the next temperature, in
     power-of-two sub-batches. Word timestamps are aligned per window; they do not move the windows.
 
-Sound tags (``at_time_res`` given and a head on the model) come from the decoder's own encoder passes: one
-``encode(return_layers=True)`` per decoder window feeds the decoder its final states and the head its taps (every
-block's output before ``ln_post``). Whisper-AT pools 20 encoder frames (0.4 s) per step; here the steps are
-absolute: step ``j`` is the mean of absolute encoder frames ``[20 j, 20 j + 20)``, and row ``i`` is the head on
-steps ``[i r, (i + 1) r)`` with ``r = at_time_res / 0.4`` (an integer), so rows are aligned to absolute time
-whatever the decoder's seeks (whisper-at pools each window from its own start, so its rows drift when Whisper
-seeks off a 30-s boundary, and a later window overwrites an earlier one's rows). Each encoder frame is taken from
-the decoder window that transcribed it: in sequential mode windows overlap (a window at ``seek`` covers 30 s, the
-next one starts at its last complete timestamp ``s'``), so frames ``[seek, s')`` come from the first window and
-the rest from the next one. Seeks land on timestamps, i.e. whole encoder frames (2 mel frames), so a window's frames
-fall on the absolute frame grid; batched mode cuts its windows on even mel frames for the same reason. (Seeks set by
-word timestamps or ``clip_timestamps`` can land on an odd mel frame: that window's frames then count for the
-encoder frame 10 ms before their centre.) A step (or a row) that
-straddles two windows therefore sums frames from both. The last window gives all its 1500 frames (its tail is the
-encoding of padding, as in whisper-at); frames no window covers (past the last window; between
-``clip_timestamps`` clips) are zeros, as whisper-at zero-pads a short last segment. Temperature fallback reuses
-the window's encoder output and never reruns the head; the head runs once per batch of finished rows.
-
-``tag(audio)`` (tags only, no decoder) encodes fixed windows at absolute 30-s boundaries, sliced from the 30-s-padded
-spectrogram (whisper-at's slicing), ``batch_size`` at a time over every device, into the same absolute grid; its
-rows equal ``transcribe``'s wherever a decoder window is the same 30-s window (always the first window of a file
-longer than 30 s), and differ slightly elsewhere (other windows, other attention context for the same frames).
+Sound tags (``at_time_res`` given and a head on the model) come from the decoder's own encoder passes: with
+tags on, each window's one encoder pass also returns its block outputs, which go to a
+:class:`whisper_at_jax.tagging.TagRows` (the one tag hook: it pools them onto the absolute 0.4-s grid and
+runs the head); ``tag()`` and ``parse_at_label`` live in :mod:`whisper_at_jax.tagging`.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 import warnings
-import weakref
 from dataclasses import fields
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import parallel
-from .audio import (FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, load_audio,
-                    log_mel_spectrogram)
+from . import parallel, tagging
+from .audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE
 from .decoding import DecodingOptions, DecodingResult, decode, detect_language
+from .outputs import format_timestamp
+# the windows of a file and a model's encoder programs, shared with tag(); the tag branch itself is tagging.TagRows
+from .tagging import TranscribeError, bucket, check_batch_size, compiled, load_mel, progress, put_batch
+from .tagging import _Compiled  # noqa: F401  (tpu.inference_programs imports it from here: repoint it to tagging)
+from .tokenizer import LANGUAGES, get_tokenizer
 from .timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS, add_word_timestamps, get_end, skip_hallucinations
-
-#: Encoder frames per pooled step (Whisper-AT's 0.4 s).
-FRAMES_PER_POOL = 20
-#: Mel frames per pooled step (20 encoder frames x 2 mel frames).
-FRAMES_PER_STEP = 40
 
 _DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 _DECODE_FIELDS = {f.name for f in fields(DecodingOptions)}
@@ -87,107 +64,8 @@ class _WordOptions(NamedTuple):
     hallucination_silence_threshold: float | None
 
 
-class TranscribeError(ValueError):
-    """Bad arguments to ``transcribe`` / ``tag`` (named in the message)."""
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Compiled pieces, cached per model object (weakly: dropping the model frees them)
-
-class _Compiled:
-    def __init__(self, model: Any):
-        module = model.module
-
-        def encode(params, mel):
-            return module.apply({"params": params}, mel, method="encode")
-
-        def encode_layers(params, mel):
-            return module.apply({"params": params}, mel, True, method="encode")
-
-        self.encode = jax.jit(encode)
-        self.encode_layers = jax.jit(encode_layers)
-        self.step_sums = jax.jit(step_sums)
-        self.head_key = None
-        self.head_apply = None
-
-    def head(self, model: Any) -> Callable[[Any, Any], Any]:
-        cfg = model.head_config or {}
-        key = (cfg.get("mode"), id(model.head_params))
-        if self.head_apply is None or self.head_key != key:
-            head = _make_head(model)
-            self.head_apply = jax.jit(lambda hp, x: head.apply({"params": hp}, x))
-            self.head_key = key
-        return self.head_apply
-
-
-_COMPILED: "weakref.WeakKeyDictionary[Any, _Compiled]" = weakref.WeakKeyDictionary()
-
-
-def _compiled(model: Any) -> _Compiled:
-    c = _COMPILED.get(model)
-    if c is None:
-        c = _COMPILED[model] = _Compiled(model)
-    return c
-
-
-def _make_head(model: Any):
-    from .heads import make_head
-
-    cfg = model.head_config or {}
-    hp = model.head_params
-    n_classes = int(cfg.get("n_classes") or np.shape(hp["mlp_layer_1"]["bias"])[0])
-    return make_head(cfg["mode"], model.dims.n_audio_layer, model.dims.n_audio_state, n_classes)
-
-
-def _put_batch(x: np.ndarray, sharding: Any, n_dev: int) -> jax.Array:
-    if n_dev == 1:
-        return jnp.asarray(x)
-    return jax.device_put(x, sharding)
-
-
-def _progress(total: int, unit: str, disable: bool, desc: str | None = None):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        class _Null:
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *a):
-                return False
-
-            def update(self, n=1):
-                pass
-
-        return _Null()
-    return tqdm(total=total, unit=unit, disable=disable, desc=desc, file=sys.stderr, leave=False)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Argument checks
-
-def at_time_res_steps(at_time_res: float) -> int:
-    """``at_time_res`` seconds as a whole number of 0.4-s pooled steps; ``TranscribeError`` if it is not one."""
-    if isinstance(at_time_res, bool) or not isinstance(at_time_res, (int, float, np.integer, np.floating)):
-        raise TranscribeError(f"at_time_res must be a number of seconds (a multiple of 0.4), got {at_time_res!r}")
-    x = float(at_time_res)
-    if not math.isfinite(x) or x <= 0:
-        raise TranscribeError(f"at_time_res must be a positive multiple of 0.4 s, got {at_time_res!r}")
-    # integer arithmetic on tenths-of-steps: 1.2000000000000002 is 3 steps, 1.0 is not a multiple
-    steps = round(x / 0.4)
-    if steps < 1 or abs(steps * 0.4 - x) > 1e-6:
-        raise TranscribeError(f"at_time_res must be a multiple of 0.4 s (e.g. 0.4, 0.8, 2, 10), got {at_time_res!r}")
-    return int(steps)
-
-
-def _require_head(model: Any) -> None:
-    attach = getattr(model, "attach_default_head", None)  # a model loaded by name fetches its AudioSet head now
-    if attach is not None:
-        attach()
-    if getattr(model, "head_params", None) is None or not (getattr(model, "head_config", None) or {}).get("mode"):
-        raise TranscribeError("this model has no Whisper-AT head: load one with load_model(..., at_head=PATH) "
-                              "to get sound tags")
-
 
 def parse_clip_timestamps(clip_timestamps: str | Sequence[float]) -> list[float]:
     """``"start,end,start,end,..."`` (seconds; a last start runs to the end) or a sequence of numbers -> floats.
@@ -215,16 +93,7 @@ def _check_decode_options(decode_options: dict) -> None:
         raise TranscribeError(f"unknown transcribe/decoding options: {sorted(unknown)}")
 
 
-def _load(model: Any, audio: Any) -> tuple[np.ndarray, int]:
-    """audio (path or 16-kHz samples) -> (mel [n_mels, content + 3000] with 30 s of padding, content frames)."""
-    samples = load_audio(audio)
-    mel = np.asarray(log_mel_spectrogram(samples, model.dims.n_mels, padding=N_SAMPLES))
-    return mel, mel.shape[-1] - N_FRAMES
-
-
 def _tokenizer(model: Any, language: str | None, task: str):
-    from .tokenizer import get_tokenizer
-
     return get_tokenizer(model.tokenizer_file, model.is_multilingual, num_languages=model.num_languages,
                          language=language, task=task)
 
@@ -260,95 +129,6 @@ def _temperatures(temperature: float | Sequence[float]) -> list[float]:
         if not isinstance(t, (int, float, np.integer, np.floating)) or not math.isfinite(t) or t < 0:
             raise TranscribeError(f"temperatures must be finite numbers >= 0, got {t!r}")
     return [float(t) for t in temps]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Tags on the absolute grid
-
-def step_sums(layers: Any, offset: Any, take: Any) -> Any:
-    """Per-window sums of 20 encoder frames on the absolute step grid, on device.
-
-    ``layers`` [B, L, T, d] are a window's block outputs; ``offset`` [B] is the window's first absolute encoder frame
-    mod 20 and ``take`` [B] how many of its frames count (the rest belong to another window). Returns float32
-    [B, L, S, d], ``S = ceil((T + 19) / 20)``: entry ``m`` sums the taken window frames that fall in absolute step
-    ``first_frame // 20 + m``.
-    """
-    b, n_layers, t, d = layers.shape
-    n_steps = -(-(t + FRAMES_PER_POOL - 1) // FRAMES_PER_POOL)
-    keep = jnp.arange(t)[None, :] < take[:, None]
-    x = jnp.where(keep[:, None, :, None], layers.astype(jnp.float32), 0.0)
-    # window frame f sits at position f + offset of its first step: pad in front, then slice per row
-    x = jnp.pad(x, ((0, 0), (0, 0), (FRAMES_PER_POOL, n_steps * FRAMES_PER_POOL - t), (0, 0)))
-    x = jax.vmap(lambda xi, o: jax.lax.dynamic_slice_in_dim(xi, FRAMES_PER_POOL - o, n_steps * FRAMES_PER_POOL,
-                                                            axis=1))(x, offset)
-    return x.reshape(b, n_layers, n_steps, FRAMES_PER_POOL, d).sum(axis=3)
-
-
-class _TagRows:
-    """Sound-tag rows on the absolute 0.4-s grid, filled window by window (see the module docstring).
-
-    ``add(sums, first_frame, take)`` takes a window's :func:`step_sums` (host array [L, S, d]) and the absolute
-    range of encoder frames it covers, ``[first_frame, first_frame + take)``; windows arrive in time order. Rows
-    whose frames all lie before the end of the latest window go through the head in batches, and their step sums
-    are freed, so memory stays at a few windows on long files. ``finish()`` tags the remaining rows (frames no
-    window covered are zeros) and returns the logits [rows, classes].
-    """
-
-    def __init__(self, model: Any, content_frames: int, steps: int):
-        self.model, self.steps = model, steps
-        self.n_rows = -(-content_frames // (steps * FRAMES_PER_STEP))
-        cfg = model.head_config or {}
-        self.n_classes = int(cfg.get("n_classes") or np.shape(model.head_params["mlp_layer_1"]["bias"])[0])
-        self.rows = np.zeros((self.n_rows, self.n_classes), np.float32)
-        self.sums: dict[int, np.ndarray] = {}  # absolute step -> [L, d] sum of its frames seen so far
-        self.done_frames = 0  # every absolute encoder frame before this is final
-        self.next_row = 0
-        self.compiled = _compiled(model)
-
-    def add(self, sums: np.ndarray, first_frame: int, take: int) -> None:
-        if take <= 0:
-            return
-        if first_frame < self.done_frames:
-            raise AssertionError(f"tag frames out of order: {first_frame} < {self.done_frames}")
-        m0, offset = divmod(first_frame, FRAMES_PER_POOL)
-        n = -(-(offset + take) // FRAMES_PER_POOL)
-        for m in range(min(n, sums.shape[1])):
-            j = m0 + m
-            if j < self.n_rows * self.steps:
-                part = sums[:, m]
-                self.sums[j] = part if j not in self.sums else self.sums[j] + part
-        self.done_frames = first_frame + take
-        self._flush(self.done_frames // (self.steps * FRAMES_PER_POOL))
-
-    def finish(self) -> np.ndarray:
-        self._flush(self.n_rows)
-        return self.rows
-
-    def _row_taps(self, i: int) -> np.ndarray:
-        any_step = next(iter(self.sums.values()), None)
-        shape = any_step.shape if any_step is not None else (self.model.dims.n_audio_layer,
-                                                             self.model.dims.n_audio_state)
-        zero = np.zeros(shape, np.float32)
-        steps = [self.sums.get(j, zero) for j in range(i * self.steps, (i + 1) * self.steps)]
-        return np.stack(steps, axis=1) / FRAMES_PER_POOL  # [L, steps, d]: the mean of each step's 20 frames
-
-    def _flush(self, upto: int) -> None:
-        upto = min(upto, self.n_rows)
-        if upto <= self.next_row:
-            return
-        head = self.compiled.head(self.model)
-        hb = 16
-        for s in range(self.next_row, upto, hb):
-            idx = list(range(s, min(s + hb, upto)))
-            x = np.stack([self._row_taps(r) for r in idx])
-            size = _bucket(len(idx), hb)  # power-of-two head batches: few compiles, no 16-row batch for 1 row
-            if len(idx) < size:
-                x = np.concatenate([x, np.repeat(x[-1:], size - len(idx), axis=0)])
-            logits = np.asarray(head(self.model.head_params, jnp.asarray(x)))
-            self.rows[idx[0]:idx[-1] + 1] = logits[: len(idx)]
-        self.next_row = upto
-        for j in [j for j in self.sums if j < upto * self.steps]:
-            del self.sums[j]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -424,8 +204,6 @@ def _finish_window(segments: list[dict], all_segments: list[dict], all_tokens: l
 
 
 def _print_segments(segments: list[dict]) -> None:
-    from .outputs import format_timestamp
-
     for s in segments:
         print(f"[{format_timestamp(s['start'])} --> {format_timestamp(s['end'])}] {s['text']}")
 
@@ -489,25 +267,22 @@ def transcribe(model: Any, audio: Any, *, verbose: bool | None = None,
         raise TranscribeError("hallucination_silence_threshold is only supported in sequential mode")
     if word_timestamps and decode_options.get("task") == "translate":
         warnings.warn("word-level timestamps on translations may not be reliable", stacklevel=2)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise TranscribeError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_batch_size(batch_size)
     decode_options = dict(decode_options)
     _check_decode_options(decode_options)
     temperatures = _temperatures(temperature)
-    steps = None
     if at_time_res is not None:
-        steps = at_time_res_steps(at_time_res)
-        _require_head(model)
+        tagging.check_tags(model, at_time_res)
 
-    mel, content_frames = _load(model, audio)
+    mel, content_frames = load_mel(model, audio)
     mesh = parallel.make_mesh()
     n_dev, sharding = mesh.devices.size, parallel.data_sharding(mesh)
     batch_size = -(-int(batch_size) // n_dev) * n_dev  # every device gets the same number of rows
-    grid = _TagRows(model, content_frames, steps) if steps is not None else None
+    tags = tagging.TagRows(model, content_frames, at_time_res) if at_time_res is not None else None
 
     common = dict(verbose=verbose, temperatures=temperatures, compression_ratio_threshold=compression_ratio_threshold,
                   logprob_threshold=logprob_threshold, no_speech_threshold=no_speech_threshold,
-                  initial_prompt=initial_prompt, decode_options=decode_options, grid=grid)
+                  initial_prompt=initial_prompt, decode_options=decode_options, tags=tags)
     words = (_WordOptions(prepend_punctuations, append_punctuations, hallucination_silence_threshold)
              if word_timestamps else None)
     if mode == "sequential":
@@ -517,24 +292,12 @@ def transcribe(model: Any, audio: Any, *, verbose: bool | None = None,
     else:
         result = _batched(model, mel, content_frames, batch_size=batch_size, sharding=(n_dev, sharding),
                           words=words, **common)
-    if grid is not None:
-        result["at_time_res"] = at_time_res
-        result["audio_tag"] = grid.finish()
-        result["duration"] = content_frames * HOP_LENGTH / SAMPLE_RATE
-        _attach_labels(model, result)
+    if tags is not None:
+        result.update(tags.finish())
     return result
 
 
-def _attach_labels(model: Any, result: dict) -> None:
-    # parse_at_label finds the head's names here when they are not AudioSet's 527 (which it knows itself)
-    labels = (model.head_config or {}).get("labels")
-    if labels and not _is_audioset(labels):
-        result["at_labels"] = [str(row[2]) for row in sorted(labels, key=lambda r: int(r[0]))]
-
-
 def _detect(model: Any, features: Any, verbose: bool | None) -> str:
-    from .tokenizer import LANGUAGES
-
     if verbose:
         print("Detecting language using up to the first 30 seconds. Use `--language` to specify the language")
     _, probs = detect_language(model, features)
@@ -546,27 +309,14 @@ def _detect(model: Any, features: Any, verbose: bool | None) -> str:
 
 def _sequential(model: Any, mel: np.ndarray, content_frames: int, *, verbose, temperatures, compression_ratio_threshold,
                 logprob_threshold, no_speech_threshold, condition_on_previous_text, initial_prompt,
-                carry_initial_prompt, clip_timestamps, decode_options, grid, words) -> dict:
-    compiled = _compiled(model)
+                carry_initial_prompt, clip_timestamps, decode_options, tags, words) -> dict:
+    programs = compiled(model)
     params = model.params
     dims = model.dims
 
     def encode(mel_window: np.ndarray):
         x = jnp.asarray(mel_window[None])
-        return compiled.encode_layers(params, x) if grid is not None else (compiled.encode(params, x), None)
-
-    # the window being decoded, for the tags: (block outputs, first absolute encoder frame); its frames up to the
-    # next window's start are the ones it transcribed
-    pending: list[tuple[Any, int]] = []
-
-    def finish_pending(next_first_frame: int | None) -> None:
-        if pending:
-            layers, first = pending.pop()
-            n = layers.shape[2]
-            take = n if next_first_frame is None else max(0, min(n, next_first_frame - first))
-            sums = compiled.step_sums(layers, jnp.asarray([first % FRAMES_PER_POOL], jnp.int32),
-                                      jnp.asarray([take], jnp.int32))
-            grid.add(np.asarray(sums[0]), first, take)
+        return programs.encode_layers(params, x) if tags is not None else (programs.encode(params, x), None)
 
     first_window = None  # (features, layers) of mel[:, :3000], when language detection encoded it
     if decode_options.get("language") is None:
@@ -604,7 +354,7 @@ def _sequential(model: Any, mel: np.ndarray, content_frames: int, *, verbose, te
     clip_idx = 0
     seek = seek_clips[clip_idx][0]
     last_speech_timestamp = 0.0
-    with _progress(content_frames, "frames", verbose is not False) as pbar:
+    with progress(content_frames, "frames", verbose is not False) as pbar:
         while clip_idx < len(seek_clips):
             seek_clip_start, seek_clip_end = seek_clips[clip_idx]
             if seek < seek_clip_start:
@@ -626,9 +376,8 @@ def _sequential(model: Any, mel: np.ndarray, content_frames: int, *, verbose, te
             else:
                 features, layers = encode(mel_segment)
             first_window = None
-            if grid is not None:
-                finish_pending(seek // input_stride)
-                pending.append((layers, seek // input_stride))
+            if tags is not None:  # its frames up to the next window's start are the ones it transcribed
+                tags.add_window(layers, seek // input_stride)
 
             if carry_initial_prompt:
                 nignored = max(len(initial_prompt_tokens), prompt_reset_since)
@@ -687,18 +436,9 @@ def _sequential(model: Any, mel: np.ndarray, content_frames: int, *, verbose, te
                 prompt_reset_since = len(all_tokens)  # a high temperature's text is no good as a prompt
             pbar.update(min(content_frames, seek) - previous_seek)
 
-    if grid is not None:
-        finish_pending(None)
     decode_options.pop("prompt", None)
     return dict(text=tokenizer.decode(all_tokens[len(initial_prompt_tokens):]), segments=all_segments,
                 language=language)
-
-
-def _bucket(n: int, cap: int) -> int:
-    b = 1
-    while b < n:
-        b *= 2
-    return min(b, cap) if n <= cap else n
 
 
 def window_bounds(mel: np.ndarray, content_frames: int, search_frames: int = 500, smooth_frames: int = 20
@@ -729,9 +469,9 @@ def window_bounds(mel: np.ndarray, content_frames: int, search_frames: int = 500
 
 
 def _batched(model: Any, mel: np.ndarray, content_frames: int, *, verbose, temperatures, compression_ratio_threshold,
-             logprob_threshold, no_speech_threshold, initial_prompt, decode_options, grid, batch_size,
+             logprob_threshold, no_speech_threshold, initial_prompt, decode_options, tags, batch_size,
              sharding, words) -> dict:
-    compiled = _compiled(model)
+    programs = compiled(model)
     params = model.params
     dims = model.dims
     n_dev, shard = sharding
@@ -745,7 +485,7 @@ def _batched(model: Any, mel: np.ndarray, content_frames: int, *, verbose, tempe
         language = decode_options["language"] = "en"
     if language is None:
         # openai-whisper detects once, on the first 30 s of the padded spectrogram (= tag window 0)
-        features = compiled.encode(params, jnp.asarray(mel[:, :N_FRAMES][None]))
+        features = programs.encode(params, jnp.asarray(mel[:, :N_FRAMES][None]))
         language = decode_options["language"] = _detect(model, features, verbose)
     tokenizer = _tokenizer(model, language, task)
     if initial_prompt is not None:
@@ -759,27 +499,23 @@ def _batched(model: Any, mel: np.ndarray, content_frames: int, *, verbose, tempe
         seg = mel[:, bounds[k]:bounds[k + 1]]
         return np.pad(seg, ((0, 0), (0, N_FRAMES - seg.shape[1]))) if seg.shape[1] < N_FRAMES else seg
 
-    with _progress(n_windows, "windows", verbose is not False) as pbar:
+    with progress(n_windows, "windows", verbose is not False) as pbar:
         for b0 in range(0, n_windows, batch_size):
             ks = list(range(b0, min(b0 + batch_size, n_windows)))
             # a power-of-two batch (a multiple of the device count), filled with copies of the last window: a
             # short file decodes 1-2 rows, not batch_size, and there are at most log2(batch_size) + 1 shapes
-            size = -(-_bucket(len(ks), batch_size) // n_dev) * n_dev
+            size = -(-bucket(len(ks), batch_size) // n_dev) * n_dev
             batch = np.stack([window_mel(k) for k in ks] + [window_mel(ks[-1])] * (size - len(ks)))
-            x = _put_batch(batch, shard, n_dev)
-            if grid is not None:
-                features, layers = compiled.encode_layers(params, x)
+            x = put_batch(batch, shard, n_dev)
+            if tags is not None:
+                features, layers = programs.encode_layers(params, x)
                 # each window gives the frames it transcribed (windows do not overlap; the last one gives all)
                 first = [bounds[k] // input_stride for k in ks] + [0] * (size - len(ks))
                 take = [(bounds[k + 1] // input_stride - first[j]) if k + 1 < n_windows else layers.shape[2]
                         for j, k in enumerate(ks)] + [0] * (size - len(ks))
-                sums = np.asarray(compiled.step_sums(
-                    layers, _put_batch(np.asarray(first, np.int32) % FRAMES_PER_POOL, shard, n_dev),
-                    _put_batch(np.asarray(take, np.int32), shard, n_dev)))
-                for j in range(len(ks)):
-                    grid.add(sums[j], first[j], take[j])
+                tags.add_batch(layers, first, take, lambda a: put_batch(a, shard, n_dev))
             else:
-                features = compiled.encode(params, x)
+                features = programs.encode(params, x)
 
             results = _decode_batch_with_fallback(model, features, len(ks), temperatures, decode_options,
                                                   compression_ratio_threshold, logprob_threshold,
@@ -825,7 +561,7 @@ def _decode_batch_with_fallback(model: Any, features: Any, n_real: int, temperat
     for t in temperatures[1:]:
         if not pending:
             break
-        size = _bucket(len(pending), batch_size)
+        size = bucket(len(pending), batch_size)
         idx = pending + [pending[-1]] * (size - len(pending))
         sub = decode(model, features[np.asarray(idx)], _options_for(decode_options, t))
         still = []
@@ -835,134 +571,3 @@ def _decode_batch_with_fallback(model: Any, features: Any, n_real: int, temperat
                 still.append(j)
         pending = still
     return results
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Tags only
-
-def tag(model: Any, audio: Any, *, at_time_res: float = 10, batch_size: int = 8, verbose: bool | None = None
-        ) -> dict:
-    """Sound tags only (no decoder): ``{"at_time_res", "audio_tag", "duration"}`` on the absolute grid of
-    ``transcribe(..., at_time_res=...)``, from fixed 30-s windows encoded ``batch_size`` at a time over every
-    device (see the module docstring). ``audio_tag`` is float32 logits ``[ceil(duration / at_time_res), n_classes]``."""
-    steps = at_time_res_steps(at_time_res)
-    _require_head(model)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise TranscribeError(f"batch_size must be a positive integer, got {batch_size!r}")
-    mel, content_frames = _load(model, audio)
-    mesh = parallel.make_mesh()
-    n_dev, sharding = mesh.devices.size, parallel.data_sharding(mesh)
-    batch_size = -(-int(batch_size) // n_dev) * n_dev
-    grid = _TagRows(model, content_frames, steps)
-    compiled = _compiled(model)
-    n_windows = -(-content_frames // N_FRAMES)
-    with _progress(n_windows, "windows", verbose is not False) as pbar:
-        for s in range(0, n_windows, batch_size):
-            ks = list(range(s, min(s + batch_size, n_windows)))
-            size = -(-_bucket(len(ks), batch_size) // n_dev) * n_dev
-            ks_padded = ks + [ks[-1]] * (size - len(ks))
-            # whisper-at's slicing: 30-s windows of the padded spectrogram (the last one's tail is real padding)
-            x = _put_batch(np.stack([mel[:, k * N_FRAMES:(k + 1) * N_FRAMES] for k in ks_padded]), sharding, n_dev)
-            _, layers = compiled.encode_layers(model.params, x)
-            n = layers.shape[2]
-            zeros = _put_batch(np.zeros(size, np.int32), sharding, n_dev)
-            sums = np.asarray(compiled.step_sums(layers, zeros, _put_batch(np.full(size, n, np.int32), sharding,
-                                                                           n_dev)))
-            for j, k in enumerate(ks):
-                grid.add(sums[j], k * n, n)
-            pbar.update(len(ks))
-    result = {"at_time_res": at_time_res, "audio_tag": grid.finish(),
-              "duration": content_frames * HOP_LENGTH / SAMPLE_RATE}
-    _attach_labels(model, result)
-    return result
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# parse_at_label
-
-def _is_audioset(labels: Sequence[Sequence[Any]]) -> bool:
-    if len(labels) != 527:
-        return False
-    from .labels import audioset_labels
-
-    ref = audioset_labels()
-    return all(str(a[2]) == str(b[2]) for a, b in zip(sorted(labels, key=lambda r: int(r[0])), ref))
-
-
-def _label_names(result: dict, n_classes: int, labels: Sequence[Any] | None) -> list[str]:
-    if labels is not None:
-        if hasattr(labels, "head_config"):  # a model
-            labels = (labels.head_config or {}).get("labels")
-        names = [str(r[2]) if isinstance(r, (list, tuple)) else str(r) for r in labels]
-    elif result.get("at_labels"):
-        names = [str(n) for n in result["at_labels"]]
-    elif n_classes == 527:
-        from .labels import audioset_labels
-
-        names = [lab[2] for lab in audioset_labels()]
-    else:
-        names = [f"class_{i}" for i in range(n_classes)]
-    if len(names) != n_classes:
-        raise ValueError(f"{len(names)} label names for {n_classes} tag classes")
-    return names
-
-
-def parse_at_label(result: dict, top_k: int = 5, p_threshold: float = -1.0,
-                   include_class_list: Iterable[int] | None = None, language: str = "en", *,
-                   p_threshold_prob: float | None = None, labels: Sequence[Any] | None = None) -> list[dict]:
-    """Readable tags per time row, as whisper-at's ``parse_at_label``.
-
-    Per row: the ``top_k`` highest logits first, THEN only those above the threshold and in
-    ``include_class_list`` (so a class outside the row's top-k never appears, as in whisper-at).
-
-    Args:
-        result: a ``transcribe(..., at_time_res=...)`` or ``tag(...)`` result.
-        top_k: classes considered per row.
-        p_threshold: threshold on the logit (whisper-at's meaning; -1 ~ probability 0.27).
-        include_class_list: class indices allowed (default: all).
-        language: label-name language. Only English names ship; others warn and use English (as whisper-at
-            does for a language it lacks). ``"follow_asr"`` is accepted and means the same.
-        p_threshold_prob: the threshold as a probability in (0, 1) instead (converted to its logit); give
-            ``p_threshold`` or this, not both.
-        labels: names (or [index, mid, name] rows, or a model with a head) overriding the result's / AudioSet's.
-
-    Returns:
-        ``[{"time": {"start": i * res, "end": (i + 1) * res}, "audio tags": [(name, logit), ...]}, ...]``.
-    """
-    if "audio_tag" not in result or "at_time_res" not in result:
-        raise ValueError("result has no sound tags: pass at_time_res to transcribe() or use tag()")
-    if p_threshold_prob is not None:
-        if p_threshold != -1.0:
-            raise ValueError("give p_threshold (a logit) or p_threshold_prob (a probability), not both")
-        p = float(p_threshold_prob)
-        if not 0.0 < p < 1.0:
-            raise ValueError(f"p_threshold_prob must be a probability in (0, 1), got {p_threshold_prob!r}")
-        p_threshold = math.log(p / (1.0 - p))
-    if language not in ("en", "follow_asr"):
-        warnings.warn(f"{language!r} label names are not available; using English names", stacklevel=2)
-    audio_tag = np.asarray(result["audio_tag"], np.float32)
-    if audio_tag.ndim != 2:
-        raise ValueError(f"audio_tag must be [rows, classes], got shape {audio_tag.shape}")
-    n_classes = audio_tag.shape[1]
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
-    k = min(int(top_k), n_classes)
-    names = _label_names(result, n_classes, labels)
-    allowed = None if include_class_list is None else {int(i) for i in include_class_list}
-    steps = at_time_res_steps(result["at_time_res"])
-    out = []
-    for i, row in enumerate(audio_tag):
-        # stable descending order: ties keep the lower index first (torch.topk's order on CPU for ties is
-        # unspecified; real logits practically never tie)
-        top = np.argsort(-row, kind="stable")[:k]
-        tags = [(names[j], float(row[j])) for j in top
-                if row[j] > p_threshold and (allowed is None or int(j) in allowed)]
-        out.append({"time": {"start": round(i * steps * 0.4, 6), "end": round((i + 1) * steps * 0.4, 6)},
-                    "audio tags": tags})
-    return out
-
-
-def sigmoid(x: Any) -> np.ndarray:
-    """Logits -> probabilities (numerically safe)."""
-    x = np.asarray(x, np.float64)
-    return np.where(x >= 0, 1.0 / (1.0 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1.0 + np.exp(-np.abs(x))))
