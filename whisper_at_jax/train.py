@@ -737,8 +737,9 @@ def train(config: ml_collections.ConfigDict, *, train_source: ExampleSource | No
     if config.mode not in ("online", "cached"):
         raise TrainError(f"config.mode must be 'online' or 'cached', got {config.mode!r}")
     loss_fn_for(config.loss)  # validate early
-    if str(config.get("on_nonfinite", "stop")) not in ("stop", "skip"):
-        raise TrainError(f"config.on_nonfinite must be 'stop' or 'skip', got {config.get('on_nonfinite')!r}")
+    on_nonfinite = str(config.get("on_nonfinite", "stop"))
+    if on_nonfinite not in ("stop", "skip"):
+        raise TrainError(f"config.on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
     mesh = parallel.make_mesh()
     for key in ("batch_size", "eval_batch_size"):
         if int(config[key]) % mesh.devices.size:

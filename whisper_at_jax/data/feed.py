@@ -3,7 +3,8 @@
 :func:`open_feed` turns a config (and optional in-memory sources) into a feed with
 
 * ``kind``: ``"audio"`` (online mode: the encoder runs in the step) or ``"taps"`` (cached mode: pooled taps);
-  ``n_train``, ``n_classes``, ``labels`` (class names, or empty), ``has_eval``;
+  ``n_train``, ``n_classes``, ``labels`` (class names, or empty), ``has_eval``; a source feed's ``example_shape``
+  is one row's shape (cached mode's taps [L, S, D]);
 * ``train_batches(start, saved)``: the training batches from batch ``start`` (``saved``: the data item of the
   checkpoint resumed from, or None), an iterator whose ``next()`` is (example ids, this host's rows
   {"x", "labels"}) and whose ``state()`` is this host's resumable position (a dict of integers);
