@@ -32,7 +32,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -44,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import esc50  # noqa: E402
+from benchmarks.common import write_section  # noqa: E402
 
 DTYPES = ("float32", "bfloat16")
 BEGIN, END = "<!-- BEGIN bf16_taps -->", "<!-- END bf16_taps -->"
@@ -378,22 +378,6 @@ def section(report: dict, args: argparse.Namespace, command: str) -> str:
     return "\n".join(L)
 
 
-def write_section(doc: Path, text: str) -> None:
-    """Replace what lies between the markers in ``doc`` (created with a title if missing; markers appended if the
-    file has none). The file is re-read just before the atomic write: other sections are never touched."""
-    cur = doc.read_text() if doc.is_file() else "# TPU\n\n"
-    if BEGIN in cur and END in cur and cur.index(BEGIN) < cur.index(END):
-        new = cur[:cur.index(BEGIN)] + text + cur[cur.index(END) + len(END):]
-    else:
-        new = cur.rstrip("\n") + "\n\n" + text + "\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{doc.name}.", dir=doc.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(new)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, doc)
-
-
 def parse_head_folds(s: str) -> dict[str, list[int]]:
     out = {}
     for part in filter(None, (p.strip() for p in s.split(";"))):
@@ -430,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.models != ["tiny.en", "base"]:
         cmd += f" --models {','.join(args.models)}"
     text = section(report, args, cmd)
-    write_section(Path(args.doc), text)
+    write_section(args.doc, BEGIN, END, text, title="TPU")
     Path(args.json or runs / "report.json").write_text(json.dumps(report, indent=1))
     print(text)
     return 0

@@ -129,13 +129,14 @@ def render(res: dict, command: str) -> str:
                    "GiB per chip": _gib(r)}
             if r.get("compiled"):
                 row["GFLOP per clip"] = f"{r['flops'] * chips / gb / 1e9:.1f}" if gb else ""
+                row["MXU passes"] = f"{r['mxu_passes']:.2g}" if "mxu_passes" in r else "?"
                 row["roofline ms per step"] = f"{r['roofline_s'] * 1e3:.1f}"
                 row["clips/s (bound)"] = f"{gb / r['roofline_s']:,.0f}" if r["roofline_s"] else ""
                 row["compile s"] = f"{r.get('compile_s', 0):.0f}"
             rows.append(row)
     if rows:
         cols = ["model", "head", "slice", "dtype", "program", "per-chip batch", "GiB per chip", "GFLOP per clip",
-                "roofline ms per step", "clips/s (bound)", "compile s"]
+                "MXU passes", "roofline ms per step", "clips/s (bound)", "compile s"]
         L += ["### Training steps", "", "10-s clips, the config's recipe (`configs/audioset2m.py:SIZE[,512]`), "
               "global batch = per-chip batch x chips. `online` runs the frozen encoder inside the step; `cached` "
               "trains on stored taps.", "", markdown_table(rows, cols), ""]
@@ -149,6 +150,7 @@ def render(res: dict, command: str) -> str:
         rows.append({"model": size, "slice": topo, "dtype": dtype, "windows per chip": per_chip,
                      "encoder GiB per chip": _gib(enc) if enc else "",
                      "all programs fit": all(r.get("compiled") and r.get("fits") for r in reps),
+                     "encoder MXU passes": f"{enc['mxu_passes']:.2g}" if "mxu_passes" in enc else "?",
                      "encoder roofline ms": f"{enc['roofline_s'] * 1e3:.1f}" if enc.get("compiled") else "",
                      "encoder optimal_seconds ms": f"{opt * 1e3:.1f}" if opt and opt > 0 else "unusable",
                      "tags only: audio h per h": f"{est.get('tags_only_audio_hours_per_hour', 0):,.0f}",
@@ -159,7 +161,41 @@ def render(res: dict, command: str) -> str:
               f"30-s windows, batched over the chips; transcript + tags assumes {tpu.TOKENS_PER_WINDOW} sampled "
               "tokens per window and no temperature fallback (`tpu.inference_estimate`).", "",
               markdown_table(rows, list(rows[0])), ""]
+    L += price_of_fp32(res)
     return "\n".join(L + [END])
+
+
+def price_of_fp32(res: dict) -> list[str]:
+    """fp32 at HIGHEST against bf16 for every cell compiled at both dtypes: per-chip memory and roofline time."""
+    rows = []
+    for section in ("train", "inference"):
+        for key, reps in sorted(res.get(section, {}).items()):
+            parts = key.split("|")
+            if parts[-2] != "bfloat16":
+                continue
+            other = res[section].get("|".join(parts[:-2] + ["float32", parts[-1]]))
+            if not other:
+                continue
+            fp32 = {r["program"]: r for r in other}
+            for r in reps:
+                f = fp32.get(r["program"], {})
+                if not (r.get("compiled") and f.get("compiled") and "mxu_passes" in r and "mxu_passes" in f):
+                    continue
+                rows.append({"model": parts[0], "slice": parts[-3], "program": r["program"],
+                             "GiB per chip bf16 / fp32": f"{r['total_bytes'] / 2**30:.2f} / "
+                                                         f"{f['total_bytes'] / 2**30:.2f}",
+                             "MXU passes bf16 / fp32": f"{r['mxu_passes']:.2g} / {f['mxu_passes']:.2g}",
+                             "roofline ms bf16 / fp32": f"{r['roofline_s'] * 1e3:.1f} / {f['roofline_s'] * 1e3:.1f}",
+                             "fp32 time / bf16 time": f"{f['roofline_s'] / r['roofline_s']:.1f}x"})
+    if not rows:
+        return []
+    return ["### The price of fp32 at HIGHEST", "",
+            "The same programs with the encoder computing in fp32 at `Precision.HIGHEST` (our CPU/GPU parity setting) "
+            "and in bf16. A TPU runs an fp32 matmul at HIGHEST as 6 bf16 MXU passes (`jax.lax.Precision`); the "
+            "compiler's FLOP count and `optimal_seconds` do not show it (a 4096x4096 matmul on v5e reports the same "
+            "FLOPs at DEFAULT and HIGHEST), so the roofline weights each program's FLOPs by the MXU passes of its "
+            "matmuls, parsed from the lowered program (`tpu.matmul_flops`). The heads keep fp32 at HIGHEST in both "
+            "columns.", "", markdown_table(rows, list(rows[0])), ""]
 
 
 RESULTS_DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "tpu_aot.json")
