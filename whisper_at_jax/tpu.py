@@ -465,7 +465,7 @@ def inference_programs(dims: Any, topology: str, per_chip_batch: int = 8, dtype:
     from .decoding import _SHORT_PREFILL, _Consts, _Programs, _Rules
     from .heads import make_head
     from .model import Whisper, param_shapes
-    from .transcribe import _Compiled
+    from .tagging import _Compiled
 
     mesh = topology_mesh(topology)
     chips = mesh.devices.size

@@ -47,7 +47,6 @@ from .decoding import DecodingOptions, DecodingResult, decode, detect_language
 from .outputs import format_timestamp
 # the windows of a file and a model's encoder programs, shared with tag(); the tag branch itself is tagging.TagRows
 from .tagging import TranscribeError, bucket, check_batch_size, compiled, load_mel, progress, put_batch
-from .tagging import _Compiled  # noqa: F401  (tpu.inference_programs imports it from here: repoint it to tagging)
 from .tokenizer import LANGUAGES, get_tokenizer
 from .timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS, add_word_timestamps, get_end, skip_hallucinations
 
