@@ -36,7 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
     """Every key the trainer reads, set to the AudioSet-2M TL-TR recipe for tiny (override per experiment)."""
     c = ml_collections.ConfigDict()
     c.model = "tiny.en"  # Whisper name or checkpoint path (online mode, export, feature check)
-    c.encoder_dtype = "float32"  # encoder compute dtype in online mode: float32 | bfloat16
+    c.encoder_dtype = "auto"  # encoder compute dtype: auto (bf16 on TPU, fp32 elsewhere) | float32 | bfloat16
     c.mode = "online"  # online: Whisper inside the step; cached: pooled taps from scripts/extract_features.py
     c.workdir = "runs/default"
     c.seed = 0

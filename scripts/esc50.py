@@ -8,7 +8,7 @@
    (``whisper_at_jax.train.extract_features``: the jitted encoder of the online train step, positional table sliced
    to the 250 frames of 5 s, taps pooled by 10 frames -> [L, 25, D]) into a features folder outside the repo
    (``--features``, default ``/tmp/esc50_feats_MODEL``), with the clips' folds. A later call reuses it.
-   ``--encoder_dtype`` (default: the trainer config's ``encoder_dtype``, float32) is the encoder's compute dtype
+   ``--encoder_dtype`` (default: the trainer config's ``encoder_dtype``: float32 off TPU) is the encoder's compute dtype
    there, passed to the same extraction (``extract_features(dtype=...)``, as the online train step's
    ``config.encoder_dtype``); bfloat16 taps get their own default folder, ``/tmp/esc50_feats_MODEL_bfloat16``.
 2. Trainer heads (``tl_tr``, ``tl_down_tr``, ``wa_mlp``, ``last_mlp`` or any mode string): for each fold, the real
@@ -473,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
                     "_bfloat16 appended for --encoder_dtype bfloat16)")
     ap.add_argument("--encoder_dtype", default="", choices=["", *ENCODER_DTYPES],
                     help="encoder compute dtype of the feature extraction (default: configs/esc50.py's "
-                    "encoder_dtype, the trainer's online-mode setting)")
+                    "encoder_dtype, auto: float32 off TPU)")
     ap.add_argument("--out", required=True, help="results folder (results.json, per-run workdirs)")
     ap.add_argument("--default_head", default="", help="train the speech-augmented head (mode --head_mode, lr: the "
                     "first of --lr) on all folds but --hold_out (0: all folds) and save it here")
@@ -487,9 +487,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         enc_dtype = args.encoder_dtype
         if not enc_dtype:
-            from configs import esc50 as esc_config
+            import jax.numpy as jnp
 
-            enc_dtype = str(esc_config.get_config(args.model).encoder_dtype)
+            from configs import esc50 as esc_config
+            from whisper_at_jax.api import compute_dtype
+
+            enc_dtype = jnp.dtype(compute_dtype(esc_config.get_config(args.model).encoder_dtype)).name
         features = Path(args.features) if args.features else default_features(args.model, enc_dtype)
         if args.shared:
             rows, names = read_meta(find_esc50(args.shared))

@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pool", type=int, default=20, help="encoder frames per pooled step (20: 0.4 s)")
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"],
                     help="stored dtype of the taps")
-    ap.add_argument("--encoder_dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--encoder_dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="encoder compute dtype (auto: bf16 on TPU, fp32 elsewhere)")
     ap.add_argument("--batch_size", type=int, default=16)
     ap.add_argument("--shard_size", type=int, default=2048, help="clips per .npy shard")
     ap.add_argument("--fold_regex", default=None,

@@ -18,6 +18,7 @@ pytest.importorskip("libtpu")
 
 from configs import common  # noqa: E402
 from whisper_at_jax import augment, parallel, tpu, train as T  # noqa: E402
+from whisper_at_jax.api import compute_dtype  # noqa: E402
 from whisper_at_jax.heads import make_head  # noqa: E402
 from whisper_at_jax.model import Whisper, dims_for, param_shapes  # noqa: E402
 
@@ -71,9 +72,24 @@ def test_a_batch_gathered_onto_every_chip_is_detected(monkeypatch):
 def _config(global_batch: int):
     c = common.base_config()
     c.data.clip_seconds = 2.0  # 100 encoder frames: the same programs as 10 s, compiled faster
-    c.encoder_dtype = "bfloat16"
     c.batch_size = c.eval_batch_size = global_batch
     return c
+
+
+def test_the_default_encoder_dtype_is_bf16_on_a_tpu_and_fp32_elsewhere():
+    def matmuls(dtype: str) -> dict:
+        c = _config(8)
+        c.encoder_dtype = dtype
+        tp = tpu.TrainPrograms(c, "v5e:2x2", REDUCED, n_classes=8)
+        return tpu.matmul_flops(tp.steps.encode.lower(tp.encoder, tp._batch(8, tp.samples)).as_text())
+
+    assert _config(8).encoder_dtype == "auto"
+    auto, fp32 = matmuls("auto"), matmuls("float32")
+    # on the slice: the encoder's matmuls (2-s clips: 200 mel frames) in one bf16 pass, the log-mel front end
+    # fp32 at HIGHEST; with float32 the same matmuls all take six passes
+    assert auto["1"] == pytest.approx(8 * _encoder_flops(REDUCED, 200), rel=1e-12)
+    assert fp32 == {"6": pytest.approx(auto["1"] + auto["6"], rel=1e-12)}
+    assert compute_dtype("auto", jax.devices("cpu")) == jnp.float32
 
 
 @pytest.mark.parametrize("small,large", [("v5e:2x2", "v5e:4x4"), ("v4:2x2x1", "v4:2x2x2")])

@@ -109,10 +109,10 @@ def check_batch(global_batch: int, mesh: Any, what: str = "batch") -> int:
 def compile_report(name: str, fn: Callable, args: Sequence[Any], topology: str,
                    global_batch: int | None = None, static: dict[str, Any] | None = None) -> dict[str, Any]:
     """Lower and compile ``fn`` (a jitted function) on abstract ``args`` (``jax.ShapeDtypeStruct`` with shardings)
-    (and ``static``, its static keyword arguments) and report per chip: memory (arguments, outputs, temporaries, generated code) against the chip's HBM, FLOPs,
-    bytes accessed, the compiler's ``optimal_seconds`` and the roofline bound max(FLOPs x MXU passes / bf16 peak,
-    bytes / bandwidth), the passes weighted by the program's matmul FLOPs (:func:`matmul_flops`): the compiler counts
-    an fp32 matmul at HIGHEST as one pass, a TPU runs six.
+    (and ``static``, its static keyword arguments) and report per chip: memory (arguments, outputs, temporaries,
+    generated code) against the chip's HBM, FLOPs, bytes accessed, the compiler's ``optimal_seconds`` and the
+    roofline bound max(FLOPs x MXU passes / bf16 peak, bytes / bandwidth), the passes weighted by the program's
+    matmul FLOPs (:func:`matmul_flops`): the compiler counts an fp32 matmul at HIGHEST as one pass, a TPU runs six.
 
     With ``global_batch``, ``batch_all_gathers`` counts the program's all-gathers whose result holds the whole
     global batch (a sharded batch gathered onto every chip: per-chip memory and traffic then grow with the slice).
@@ -407,6 +407,8 @@ def training_plan(config: Any, topology: str, dims: Any, n_classes: int = 527, s
     config's mode, :func:`run_programs`) compiled for the slice at the config's batch, the largest per-chip batch of
     the train steps that fits, and recipe estimates."""
     programs = run_programs(config) if programs is None else tuple(programs)
+    from .api import compute_dtype
+
     unknown = sorted(set(programs) - set(TRAIN_PROGRAMS))
     if unknown:
         raise TPUError(f"unknown training programs {unknown}; known: {list(TRAIN_PROGRAMS)}")
@@ -417,7 +419,8 @@ def training_plan(config: Any, topology: str, dims: Any, n_classes: int = 527, s
     plan: dict[str, Any] = {"topology": topology, "chips": tp.chips, "hosts": len({d.process_index for d in devices}),
                             "chip": dataclasses.asdict(chip_of(topology)), "chip_source": CHIPS_SOURCE,
                             "model": str(config.model), "head": str(config.head.mode),
-                            "encoder_dtype": str(config.encoder_dtype), "programs": []}
+                            "encoder_dtype": np.dtype(compute_dtype(config.encoder_dtype, tp.mesh.devices.flat)).name,
+                            "programs": []}
     for p in programs:
         rep = tp.report(p)
         log(format_report(rep))

@@ -208,7 +208,8 @@ def build_steps(config: ml_collections.ConfigDict, mesh: Any, head: Any, tx: opt
     if dims is not None:
         from .api import compute_dtype
 
-        encode = make_encode_fn(dims, dims.n_mels, int(config.data.pool), compute_dtype(config.encoder_dtype))
+        encode = make_encode_fn(dims, dims.n_mels, int(config.data.pool), compute_dtype(config.encoder_dtype,
+                                                                                           mesh.devices.flat))
         online = jax.jit(lambda s, e, audio, y: step(s, encode(e, audio), y),
                          in_shardings=(state_sh, repl, data, data), out_shardings=(state_sh, repl), donate_argnums=0)
         eval_online = jax.jit(lambda p, e, audio: logits(p, encode(e, audio)), in_shardings=(repl, repl, data),

@@ -195,7 +195,7 @@ def extract_features(model: Any, batches: Iterator[dict], writer: FeatureWriter,
     from ..api import compute_dtype
 
     mesh = mesh or parallel.make_mesh(jax.local_devices())
-    encode = make_encode_fn(model.dims, model.dims.n_mels, int(pool), compute_dtype(dtype))
+    encode = make_encode_fn(model.dims, model.dims.n_mels, int(pool), compute_dtype(dtype, mesh.devices.flat))
     data_sh, repl = parallel.data_sharding(mesh), parallel.replicated(mesh)
     enc = jax.jit(encode, in_shardings=(repl, data_sh), out_shardings=data_sh)
     params = jax.device_put(model.params["encoder"], repl)
