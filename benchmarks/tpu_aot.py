@@ -101,9 +101,14 @@ def render(res: dict, command: str) -> str:
     L = [BEGIN, "", "## Compiled for TPU slices (deviceless AOT)", "",
          f"Written by `{command}` from `{os.path.relpath(RESULTS_DEFAULT)}`: every program compiled by the TPU compiler "
          "(libtpu, `jax[tpu]` of the jax we pin) for the slice's abstract devices on a CPU-only machine. Per-chip "
-         f"memory, FLOPs and bytes are the compiler's; times are roofline lower bounds (max of FLOPs / bf16 peak and "
-         f"bytes / HBM bandwidth per chip; {tpu.CHIPS_SOURCE}). The compiler's own `optimal_seconds` is reported "
-         "where positive; for the training programs it is negative, so unusable. Nothing here is a measurement.", ""]
+         f"memory, FLOPs and bytes are the compiler's; times are roofline lower bounds (max of FLOPs x MXU passes / bf16 "
+         f"peak and bytes / HBM bandwidth per chip; {tpu.CHIPS_SOURCE}). The compiler's own `optimal_seconds` is reported "
+         "where positive; for the training programs it is negative, so unusable. Nothing here is a measurement.", "",
+         f"The tables hold the cells compiled so far ({len(res.get('train', {}))} training, "
+         f"{len(res.get('inference', {}))} inference, {len(res.get('scaling', {}))} pod-scale): the default grid "
+         f"({len(SIZES)} sizes x {len(HEADS)} heads x {len(TRAIN_SLICES)} slices x 2 dtypes, minutes per program "
+         "on a 2-core CPU) takes days there, so a run names the cells it compiles (`--sizes`, `--slices`, ...) and "
+         "every run adds to the same results file; a cell that is not in a table has not been compiled.", ""]
     rows = []
     for key, r in sorted(res.get("scaling", {}).items(), key=lambda kv: int(kv[0].split("|")[-1])):
         size, head, topo, gb = key.split("|")
