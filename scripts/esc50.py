@@ -5,7 +5,7 @@
         --heads tl_tr,tl_down_tr,wa_mlp,last_mlp,linear --lr 1e-4,5e-4,1e-3 --out runs/esc50_tiny.en
 
 1. Features, once per model: every clip (5 s, 16 kHz) goes through the trainer's own extraction
-   (``whisper_at_jax.train.extract_features``: the jitted encoder of the online train step, positional table sliced
+   (``whisper_at_jax.data.extract_features``: the jitted encoder of the online train step, positional table sliced
    to the 250 frames of 5 s, taps pooled by 10 frames -> [L, 25, D]) into a features folder outside the repo
    (``--features``, default ``/tmp/esc50_feats_MODEL``), with the clips' folds. A later call reuses it.
    ``--encoder_dtype`` (default: the trainer config's ``encoder_dtype``: float32 off TPU) is the encoder's compute dtype
