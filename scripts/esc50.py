@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -425,12 +423,10 @@ def linear_probe(x: np.ndarray, y: np.ndarray, train_mask: np.ndarray, seed: int
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    from whisper_at_jax.io_utils import atomic_write_bytes
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp's 0600 would make shipped files unreadable to other users
-    os.replace(tmp, path)
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def summarise(runs: list[dict]) -> list[dict]:
