@@ -14,8 +14,8 @@ Downloads resume an interrupted file with an HTTP Range request, write to ``NAME
 file, and hold an ``fcntl`` lock (``NAME.lock``) so two processes fetching one file download it once.
 
 Environment: ``WHISPER_AT_JAX_OFFLINE=1`` (or ``HF_HUB_OFFLINE=1``) forbids every download (a missing file is an
-error saying what to fetch and where to put it); ``WHISPER_AT_JAX_BASE_URL=http://host:port`` replaces the scheme and host of every URL in the
-tables (a mirror, or the tests' local server); ``XDG_CACHE_HOME`` moves the caches.
+error saying what to fetch and where to put it); ``WHISPER_AT_JAX_BASE_URL=http://host:port`` replaces the scheme
+and host of every URL in the tables (a mirror, or the tests' local server); ``XDG_CACHE_HOME`` moves the caches.
 """
 
 from __future__ import annotations
@@ -256,8 +256,8 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
     if dest.is_file() and sha256 is None:
         return dest  # verified when it was written; checksummed files are re-checked below (as openai-whisper does)
     if offline() and not dest.is_file():
-        raise DownloadError(f"{what} is not cached at {dest} and {offline_switch()} is set, so nothing is downloaded: "
-                            f"{manual_route(url, dest)}")
+        raise DownloadError(f"{what} is not cached at {dest} and {offline_switch()} is set, so nothing is "
+                            f"downloaded: {manual_route(url, dest)}")
     with file_lock(dest.with_name(dest.name + ".lock")):
         if dest.is_file():  # cached, or fetched by another process while this one waited for the lock
             if sha256 is None or sha256_of(dest) == sha256:
@@ -265,7 +265,8 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
             print(f"warning: {dest} does not match its SHA-256 {sha256}; downloading it again", file=sys.stderr)
             dest.unlink()
         if offline():
-            raise DownloadError(f"{what} is not cached at {dest} and {offline_switch()} is set: {manual_route(url, dest)}")
+            raise DownloadError(f"{what} is not cached at {dest} and {offline_switch()} is set: "
+                                f"{manual_route(url, dest)}")
         part = dest.with_name(dest.name + ".part")
         _fetch_into(url, part, dest.name)
         digest = sha256_of(part)

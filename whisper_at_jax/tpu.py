@@ -217,9 +217,9 @@ def format_report(rep: dict[str, Any]) -> str:
     return (f"{rep['program']} on {rep['topology']}: per chip {rep['total_bytes'] / 2**30:.2f} GiB of "
             f"{rep['hbm_bytes'] / 2**30:.0f} (args {m['arguments']:.2f}, out {m['outputs']:.2f}, temp "
             f"{m['temporaries']:.2f}, code {m['generated_code']:.3f}){'' if rep['fits'] else ' DOES NOT FIT'}; "
-            f"{rep['flops'] / 1e9:.1f} GFLOP (x{rep['mxu_passes']:.2g} MXU passes), {rep['bytes_accessed'] / 2**30:.2f} "
-            f"GiB accessed per chip; roofline "
-            f"estimate {rep['roofline_s'] * 1e3:.2f} ms; compiler's optimal_seconds "
+            f"{rep['flops'] / 1e9:.1f} GFLOP (x{rep['mxu_passes']:.2g} MXU passes), "
+            f"{rep['bytes_accessed'] / 2**30:.2f} GiB accessed per chip; roofline estimate "
+            f"{rep['roofline_s'] * 1e3:.2f} ms; compiler's optimal_seconds "
             f"{opt if opt is None else f'{opt:.3g}'}{'' if rep['compiler_estimate_usable'] else ' (unusable)'}")
 
 
@@ -406,20 +406,20 @@ def training_plan(config: Any, topology: str, dims: Any, n_classes: int = 527, s
     """What ``scripts/train.py --compile_only=TOPOLOGY`` reports: the training programs (default: those of the
     config's mode, :func:`run_programs`) compiled for the slice at the config's batch, the largest per-chip batch of
     the train steps that fits, and recipe estimates."""
-    programs = run_programs(config) if programs is None else tuple(programs)
     from .api import compute_dtype
 
+    programs = run_programs(config) if programs is None else tuple(programs)
     unknown = sorted(set(programs) - set(TRAIN_PROGRAMS))
     if unknown:
         raise TPUError(f"unknown training programs {unknown}; known: {list(TRAIN_PROGRAMS)}")
     tp = TrainPrograms(config, topology, dims, n_classes)
     check_batch(int(config.batch_size), tp.mesh, "config.batch_size")
     check_batch(int(config.eval_batch_size), tp.mesh, "config.eval_batch_size")
-    devices = tp.mesh.devices.flat
+    devices = list(tp.mesh.devices.flat)
     plan: dict[str, Any] = {"topology": topology, "chips": tp.chips, "hosts": len({d.process_index for d in devices}),
                             "chip": dataclasses.asdict(chip_of(topology)), "chip_source": CHIPS_SOURCE,
                             "model": str(config.model), "head": str(config.head.mode),
-                            "encoder_dtype": np.dtype(compute_dtype(config.encoder_dtype, tp.mesh.devices.flat)).name,
+                            "encoder_dtype": np.dtype(compute_dtype(config.encoder_dtype, devices)).name,
                             "programs": []}
     for p in programs:
         rep = tp.report(p)
