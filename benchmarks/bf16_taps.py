@@ -183,7 +183,7 @@ def head_same_clips(model: str, head: str, lr: float, out32: Path, x32: np.ndarr
     Returns the per-fold comparisons and the largest gap (points) to the accuracy esc50.py recorded."""
     import jax
 
-    from configs import esc50 as esc_config
+    from whisper_at_jax.configs import esc50 as esc_config
     from whisper_at_jax.api import compute_dtype
     from whisper_at_jax.heads import make_head
 

@@ -189,7 +189,7 @@ def train_fold(model_name: str, mode: str, features: Path, fold: int, lr: float,
     """One fold held out, one head, through configs/esc50.py + whisper_at_jax.train.train (cached mode): the
     trainer's fold split (``config.data.fold``) done here on the taps held in memory, then ``train`` with them as
     its train/eval sources."""
-    from configs import esc50 as esc_config
+    from whisper_at_jax.configs import esc50 as esc_config
     from whisper_at_jax.data import ExampleSource
     from whisper_at_jax.train import train
 
@@ -319,7 +319,7 @@ def train_speech_head(model_name: str, mode: str, lr: float, clean: Path, mixed:
     shift-invariant). Returns (head params, metrics)."""
     import jax
 
-    from configs import esc50 as esc_config
+    from whisper_at_jax.configs import esc50 as esc_config
     from whisper_at_jax.heads import make_head
     from whisper_at_jax.data import ExampleSource
     from whisper_at_jax.train import train
@@ -485,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         if not enc_dtype:
             import jax.numpy as jnp
 
-            from configs import esc50 as esc_config
+            from whisper_at_jax.configs import esc50 as esc_config
             from whisper_at_jax.api import compute_dtype
 
             enc_dtype = jnp.dtype(compute_dtype(esc_config.get_config(args.model).encoder_dtype)).name
@@ -519,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.default_head:
         mode = HEAD_MODES.get(args.head_mode, args.head_mode)
-        from configs import esc50 as esc_config
+        from whisper_at_jax.configs import esc50 as esc_config
 
         lr = lrs[0] if lrs[0] is not None else float(esc_config.get_config(f"{args.model},{mode}").lr)
         mixed = extract_speech_mixed(args.model, rows, names,
@@ -585,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 lr_used = lr
                 if lr_used is None:
-                    from configs import esc50 as esc_config
+                    from whisper_at_jax.configs import esc50 as esc_config
 
                     lr_used = float(esc_config.get_config(f"{args.model},{mode}").lr)
                 wd = out / "work" / f"{head}_lr{lr_used:g}_fold{fold}"

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import optax
 
-    from configs import common
+    from whisper_at_jax.configs import common
     from whisper_at_jax import load_model
     from whisper_at_jax.convert import CheckpointError
     from whisper_at_jax.heads import make_head
