@@ -40,10 +40,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
-import esc50  # noqa: E402
 from benchmarks.common import write_section  # noqa: E402
+from whisper_at_jax.experiments import esc50  # noqa: E402
 
 DTYPES = ("float32", "bfloat16")
 BEGIN, END = "<!-- BEGIN bf16_taps -->", "<!-- END bf16_taps -->"

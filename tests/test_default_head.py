@@ -6,18 +6,18 @@ class."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from whisper_at_jax.experiments.sounds import DEMO_BACKGROUND
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "whisper_at_jax" / "assets"
 HEAD = ASSETS / "heads" / "tiny.en"
 HEADS = {"tiny.en": HEAD, "base": ASSETS / "heads" / "base"}
 DEMO = ASSETS / "demo.flac"
-sys.path.insert(0, str(ROOT / "scripts"))
 
 SHARED_META = ROOT.parent / "shared" / "data" / "esc50" / "meta" / "esc50.csv"
 
@@ -94,8 +94,6 @@ def test_labels_are_esc50_categories(head_and_config) -> None:
 
 
 def test_demo_is_small_and_tagged_as_its_background(model) -> None:
-    import make_demo
-
     from whisper_at_jax.audio import load_audio
     from whisper_at_jax.tagging import sigmoid
 
@@ -105,9 +103,9 @@ def test_demo_is_small_and_tagged_as_its_background(model) -> None:
     res = model.tag(str(DEMO), at_time_res=10, verbose=False)
     logits = np.asarray(res["audio_tag"])
     names = [row[1] for row in sorted(model.head_config["labels"], key=lambda r: r[0])]
-    # every 10-s row's top class is the synthesised background make_demo.py put under the speech
+    # every 10-s row's top class is the synthesised background make_demo put under the speech
     for row in logits:
-        assert names[int(np.argmax(row))] == make_demo.DEMO_BACKGROUND, [names[i] for i in np.argsort(-row)[:5]]
+        assert names[int(np.argmax(row))] == DEMO_BACKGROUND, [names[i] for i in np.argsort(-row)[:5]]
     assert float(sigmoid(logits.max(1)).min()) > 0.3  # a confident tag (BCE head: sigmoid is its probability)
 
 
@@ -133,11 +131,9 @@ def test_base_gets_its_shipped_head_by_default(base_default) -> None:
 def test_base_head_tags_the_demo_as_its_background(base_default) -> None:
     """The base head on the demo (speech over a synthesised siren it never heard): the top class of the one 10-s
     row is the siren. Measured: see docs/results.md section 3 (base)."""
-    import make_demo
-
     model = base_default
     res = model.tag(str(DEMO), at_time_res=10, verbose=False)
     logits = np.asarray(res["audio_tag"])
     names = [row[1] for row in sorted(model.head_config["labels"], key=lambda r: r[0])]
     for row in logits:
-        assert names[int(np.argmax(row))] == make_demo.DEMO_BACKGROUND, [names[i] for i in np.argsort(-row)[:5]]
+        assert names[int(np.argmax(row))] == DEMO_BACKGROUND, [names[i] for i in np.argsort(-row)[:5]]

@@ -1,23 +1,21 @@
-"""ESC-50 reproduction scripts: mixing and scoring helpers (core), and one real cross-validation fold through the
-training code on ESC-50 (needs ../shared/data/esc50; skipped without it)."""
+"""The experiments (whisper_at_jax.experiments) and their scripts: mixing and scoring helpers (core), the
+scripts/esc50.py command line in-process, and one real cross-validation fold through the training code on ESC-50
+(needs ../shared/data/esc50; skipped without it)."""
 
 from __future__ import annotations
 
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
+from whisper_at_jax.cli import esc50 as esc50_cli
+from whisper_at_jax.experiments import default_head, esc50, noise, sounds
 
-import esc50  # noqa: E402
-import make_demo  # noqa: E402
-import noise_experiment  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SHARED = ROOT.parent / "shared"
 HAS_ESC50 = (SHARED / "data" / "esc50" / "meta" / "esc50.csv").is_file()
@@ -33,7 +31,7 @@ def test_mix_at_snr_tiles_and_scales(snr: float) -> None:
     rng = np.random.default_rng(0)
     speech = (0.005 * rng.standard_normal(16000 * 3)).astype(np.float32)  # quiet: no peak limiting at -20 dB
     noise = (0.3 * rng.standard_normal(16000)).astype(np.float32)  # shorter than the speech: must be tiled
-    mix = make_demo.mix_at_snr(speech, noise, snr)
+    mix = sounds.mix_at_snr(speech, noise, snr)
     assert mix.shape == speech.shape
     residual = mix - speech
     # the residual is the tiled noise: 3 copies of one scaled clip, at the level that gives the requested SNR
@@ -47,7 +45,7 @@ def test_mix_at_snr_limits_the_peak_without_changing_the_snr() -> None:
     rng = np.random.default_rng(2)
     speech = (0.2 * rng.standard_normal(16000)).astype(np.float64)
     noise = rng.standard_normal(16000 * 2)  # longer than the speech: cropped
-    mix = make_demo.mix_at_snr(speech.astype(np.float32), noise.astype(np.float32), -10.0)
+    mix = sounds.mix_at_snr(speech.astype(np.float32), noise.astype(np.float32), -10.0)
     # the unlimited sum, derived here: noise cropped and scaled to 10 dB above the speech's RMS
     crop = noise[:16000]
     full = speech + crop * np.sqrt(np.mean(speech ** 2) / np.mean(crop ** 2)) * 10 ** 0.5
@@ -60,8 +58,8 @@ def test_speech_under_sets_the_speech_to_sound_ratio() -> None:
     rng = np.random.default_rng(1)
     clip = (0.05 * rng.standard_normal(80000)).astype(np.float32)
     utt = (0.2 * rng.standard_normal(16000 * 2)).astype(np.float32)  # shorter than the clip: placed, not tiled
-    mixed, snr = esc50.speech_under(clip, [utt], np.random.default_rng(3))
-    assert esc50.AUG_SNR_DB[0] <= snr <= esc50.AUG_SNR_DB[1]
+    mixed, snr = default_head.speech_under(clip, [utt], np.random.default_rng(3))
+    assert default_head.AUG_SNR_DB[0] <= snr <= default_head.AUG_SNR_DB[1]
     added = mixed - clip
     active = np.abs(added) > 0
     assert 31000 < active.sum() <= 32000  # the whole utterance, once
@@ -74,17 +72,17 @@ def test_wer_normalisation_matches_jiwer() -> None:
     ref = "And so, my fellow Americans: ask not what your country can do for you!"
     hyp = "and so my fellow americans ask what your country can do for you"
     # one deletion ("not") out of 14 reference words, punctuation and case ignored
-    assert noise_experiment.corpus_wer([ref], [hyp]) == pytest.approx(100 / 14)
-    assert noise_experiment.corpus_wer([ref], [hyp]) == pytest.approx(
-        100 * jiwer.wer(noise_experiment.normalise(ref), noise_experiment.normalise(hyp)))
-    assert noise_experiment.corpus_wer([ref], [""]) == pytest.approx(100.0)  # nothing heard: all deleted
+    assert noise.corpus_wer([ref], [hyp]) == pytest.approx(100 / 14)
+    assert noise.corpus_wer([ref], [hyp]) == pytest.approx(
+        100 * jiwer.wer(noise.normalise(ref), noise.normalise(hyp)))
+    assert noise.corpus_wer([ref], [""]) == pytest.approx(100.0)  # nothing heard: all deleted
 
 
 def test_at_time_res_gives_one_row() -> None:
     from whisper_at_jax.tagging import at_time_res_steps
 
     for n in (16000 * 11, 80000, 80001, 1234567 % 480000):
-        res = noise_experiment.at_res_for(n)
+        res = noise.at_res_for(n)
         steps = at_time_res_steps(res)  # a valid multiple of 0.4 s
         assert steps * 0.4 * 16000 >= n > (steps - 1) * 0.4 * 16000
 
@@ -118,16 +116,16 @@ def test_training_from_complete_features_needs_no_dataset(tmp_path: Path, capsys
     of docs/results.md were made: the taps travel, the audio does not); what it cannot do is named."""
     feats = _separable_features(tmp_path / "feats")
     out = tmp_path / "out"
-    assert esc50.main(["--model", "tiny.en", "--features", str(feats), "--heads", "linear", "--folds", "1,2",
-                       "--out", str(out)]) == 0
+    assert esc50_cli.main(["--model", "tiny.en", "--features", str(feats), "--heads", "linear", "--folds", "1,2",
+                           "--out", str(out)]) == 0
     runs = json.loads((out / "results.json").read_text())["runs"]
     assert sorted(r["fold"] for r in runs) == [1, 2] and all(r["accuracy"] > 0.9 for r in runs), runs
     for argv, message in ((["--model", "base"], "holds tiny.en features, not --model base's"),
                           (["--model", "tiny.en", "--folds", "3"], "ESC-50 has folds [1, 2]"),
                           (["--model", "tiny.en", "--default_head", str(tmp_path / "h")], "needs --shared")):
-        assert esc50.main(argv + ["--features", str(feats), "--out", str(out)]) == 2
+        assert esc50_cli.main(argv + ["--features", str(feats), "--out", str(out)]) == 2
         assert message in capsys.readouterr().err
-    assert esc50.main(["--features", str(tmp_path / "none"), "--out", str(out)]) == 2
+    assert esc50_cli.main(["--features", str(tmp_path / "none"), "--out", str(out)]) == 2
     assert "--shared is needed" in capsys.readouterr().err
 
 
@@ -155,9 +153,9 @@ def test_encoder_dtype_has_its_own_features_and_results(tmp_path: Path, capsys, 
 
     monkeypatch.setattr(wdata, "extract_features", fake_extract)
     rows = [{"id": f"c{i}", "path": "", "fold": 1 + i % 2, "target": i % 2, "category": "x"} for i in range(4)]
-    feats = esc50._write_features("tiny.en", rows, ["a", "b"], tmp_path / "f", 4, "test",
-                                  lambda _, chunk: np.zeros((len(chunk), 80000), np.float32), "features",
-                                  "--features", encoder_dtype="bfloat16")
+    feats = esc50.write_features("tiny.en", rows, ["a", "b"], tmp_path / "f", 4, "test",
+                                 lambda _, chunk: np.zeros((len(chunk), 80000), np.float32), "features",
+                                 "--features", encoder_dtype="bfloat16")
     assert seen == ["bfloat16"]
     assert json.loads((feats / "meta.json").read_text())["encoder_dtype"] == "bfloat16"
     with pytest.raises(esc50.ESC50Error, match="encoder bfloat16; wanted tiny.en, 4 clips, encoder float32"):
@@ -166,14 +164,14 @@ def test_encoder_dtype_has_its_own_features_and_results(tmp_path: Path, capsys, 
     fp32 = _separable_features(tmp_path / "fp32")  # a folder without the key: float32
     out = tmp_path / "out"
     base = ["--model", "tiny.en", "--heads", "linear", "--folds", "1,2", "--out", str(out)]
-    assert esc50.main(base + ["--features", str(fp32), "--encoder_dtype", "bfloat16"]) == 2
+    assert esc50_cli.main(base + ["--features", str(fp32), "--encoder_dtype", "bfloat16"]) == 2
     assert "holds taps of a float32 encoder, not --encoder_dtype bfloat16's" in capsys.readouterr().err
-    assert esc50.main(base + ["--features", str(fp32)]) == 0
+    assert esc50_cli.main(base + ["--features", str(fp32)]) == 0
     assert json.loads((out / "results.json").read_text())["encoder_dtype"] == "float32"
     bf16 = _separable_features(tmp_path / "bf16")
     meta = json.loads((bf16 / "meta.json").read_text())
     (bf16 / "meta.json").write_text(json.dumps({**meta, "encoder_dtype": "bfloat16"}))
-    assert esc50.main(base + ["--features", str(bf16), "--encoder_dtype", "bfloat16"]) == 2  # fp32 results there
+    assert esc50_cli.main(base + ["--features", str(bf16), "--encoder_dtype", "bfloat16"]) == 2  # fp32 results there
     assert "holds runs on float32 taps" in capsys.readouterr().err
 
 
@@ -200,9 +198,7 @@ def test_one_fold_through_the_trainer_is_well_above_chance(tmp_path: Path) -> No
 def test_tag_only_summary_scores_top1_and_top5_without_wer() -> None:
     """--tag_only records carry no transcript: the table has tag accuracies only. Three mixtures at 0 dB with the
     target first, third (top-5 hit, top-1 miss) and absent from the top 5 -> top-1 1/3, top-5 2/3."""
-    import argparse
-
-    args = argparse.Namespace(tag_only=True, model="m", head="h", fold=1)
+    setup = noise.Setup("m", "h", fold=1, tag_only=True)
     recs = [{"snr": 0.0, "target": 7, "pred": 7, "top5": [7, 1, 2, 3, 4], "utterance": "jfk", "text": None},
             {"snr": 0.0, "target": 7, "pred": 1, "top5": [1, 2, 7, 3, 4], "utterance": "jfk", "text": None},
             {"snr": 0.0, "target": 7, "pred": 1, "top5": [1, 2, 3, 4, 5], "utterance": "jfk", "text": None},
@@ -211,9 +207,9 @@ def test_tag_only_summary_scores_top1_and_top5_without_wer() -> None:
     class _Model:
         head_config = {"mode": "wa_mlp"}
 
-    res = noise_experiment.summary(args, _Model(), ["x"] * 10, [{"name": "jfk", "text": "a b"}], {}, recs, 0.0)
+    res = noise.summary(setup, _Model(), ["x"] * 10, [{"name": "jfk", "text": "a b"}], {}, recs, 0.0)
     row = next(r for r in res["table"] if r["snr"] == 0.0)
     assert "wer_known" not in row and res["clean_wer_known"] is None
     assert row["tag_acc"] == pytest.approx(100 / 3) and row["tag_top5"] == pytest.approx(200 / 3)
-    md = noise_experiment.markdown(res)
+    md = noise.markdown(res)
     assert "| +0 | - | - | 33 | 67 |" in md and "| noise alone | - | - | 100 | 100 |" in md
