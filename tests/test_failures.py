@@ -26,6 +26,7 @@ from test_infer import files, run_infer  # noqa: F401
 from test_train import random_features, small_config  # noqa: F401
 
 from whisper_at_jax import train as T
+from whisper_at_jax.checkpoints import COMMIT_MARKER
 from whisper_at_jax.data import FeatureWriter, IndexStream
 
 OVER = {"checkpoint.every_steps": 4, "checkpoint.async_save": False, "data.fold": -1, "data.eval_split": "",
@@ -55,8 +56,8 @@ def _break_truncated(step: Path) -> str:
 
 
 def _break_uncommitted(step: Path) -> str:
-    (step / T.COMMIT_MARKER).unlink()
-    return f"no {T.COMMIT_MARKER}"
+    (step / COMMIT_MARKER).unlink()
+    return f"no {COMMIT_MARKER}"
 
 
 @pytest.mark.parametrize("corrupt", [_break_missing, _break_truncated, _break_uncommitted],
@@ -68,13 +69,13 @@ def test_broken_latest_checkpoint_resumes_from_the_previous(finished_run, random
     shutil.copytree(src, work)
     (work / "final_head.npz").unlink()
     why = corrupt(work / "ckpt" / "12")
-    with caplog.at_level(logging.WARNING, logger="whisper_at_jax.train"):
+    with caplog.at_level(logging.WARNING, logger="whisper_at_jax"):
         r = T.train(small_config(work, **{"data.features": str(random_features), **OVER}))
     warned = [m.getMessage() for m in caplog.records if "skipping checkpoint" in m.getMessage()]
     assert len(warned) == 1 and str(work / "ckpt" / "12") in warned[0] and why in warned[0], warned
     assert r["start_step"] == 8
     assert (work / "ckpt" / "12.broken").is_dir()  # kept for inspection, out of the new save's way
-    assert (work / "ckpt" / "12" / T.COMMIT_MARKER).is_file()  # step 12 saved anew
+    assert (work / "ckpt" / "12" / COMMIT_MARKER).is_file()  # step 12 saved anew
     got, want = flatten_dict(r["head_params"], sep="/"), flatten_dict(head, sep="/")
     assert got.keys() == want.keys()
     for k in want:
@@ -155,7 +156,7 @@ def test_nan_in_a_batch_stops_with_step_ids_and_last_checkpoint(nan_features, tm
 
 def test_nan_batches_skipped_when_asked(nan_features, tmp_path, caplog):
     d, row = nan_features
-    with caplog.at_level(logging.WARNING, logger="whisper_at_jax.train"):
+    with caplog.at_level(logging.WARNING, logger="whisper_at_jax"):
         r = T.train(small_config(tmp_path / "run", **{"data.features": str(d), "on_nonfinite": "skip", **OVER}))
     assert r["skipped_batches"] == len(_steps_with(row)) > 0
     assert sum("batch skipped" in m.getMessage() for m in caplog.records) == r["skipped_batches"]
@@ -196,6 +197,7 @@ import resource, signal, sys
 sys.path.insert(0, {tests!r})
 from test_train import small_config
 from whisper_at_jax import train as T
+from whisper_at_jax.checkpoints import COMMIT_MARKER
 config = small_config({work!r}, **{over!r})
 model = None
 if config.export:  # loaded (and cached, on a first load) before any limit
@@ -331,6 +333,7 @@ FEATURES_FULL = """
 import resource, signal, sys
 import numpy as np
 from whisper_at_jax import train as T
+from whisper_at_jax.checkpoints import COMMIT_MARKER
 from whisper_at_jax.data import FeatureWriter
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))

@@ -19,7 +19,7 @@ import pytest
 from test_train import (_final, _free_port, _train_cmd, compile_cache, random_features,  # noqa: F401
                         stop_after, sub_env)
 
-from whisper_at_jax import train as T
+from whisper_at_jax.checkpoints import step_problem
 from whisper_at_jax.train import EXIT_PREEMPTED
 
 EXTRA = ("--config.steps_per_epoch=40", "--config.epochs=4", "--config.checkpoint.every_steps=25",
@@ -108,7 +108,7 @@ def test_second_sigterm_during_the_save_leaves_no_false_checkpoint(uninterrupted
     print(f"second SIGTERM while saving {saving} (after step {seen}): left {left}")
     # Every step folder left is complete by Orbax's marker; the one being saved is (unless it finished) a
     # temporary folder, which the re-run names and ignores.
-    assert all(T._step_problem(ckpt / n) is None for n in left if n.isdigit())
+    assert all(step_problem(ckpt / n) is None for n in left if n.isdigit())
     err = _resume_equals(uninterrupted, random_features, work, env)
     start = json.loads((work / "result.json").read_text())["start_step"]
     if complete:

@@ -16,8 +16,9 @@ Sections, in the order ``train()`` runs them:
    runs inside the same compiled step under ``jax.lax.stop_gradient``; cached mode jits the step on stored taps.
    Same code, so the same loss for the same examples (tested). The compiled programs are memoised on the config
    itself (every key but :data:`RUN_ONLY_KEYS`);
-5. checkpoints: Orbax ``CheckpointManager``, async saves every N steps, keep-last-N; the state holds params,
-   optimizer state, step (= batches consumed = data position), base RNG key and the running weight average;
+5. checkpoints (``checkpoints.py``): Orbax, async saves every N steps, keep-last-N, resume from the newest intact
+   one, a complete save on a preemption notice; the state holds params, optimizer state, step (= batches consumed
+   = data position), base RNG key and the running weight average;
 6. loop: one step per batch, then the periodic actions (:func:`every`): metrics to TensorBoard event files and
    ``metrics.jsonl``, weight averaging and eval (mAP / AUC / d' or accuracy, logits gathered across hosts) at epoch
    ends, checkpoints; then the final head and the export.
@@ -30,11 +31,9 @@ zero-padded in audio (the reference pads the normalised log-mel with zeros).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -53,9 +52,11 @@ from .data.examples import ExampleSource, TrainError
 from .data.features import make_encode_fn, write_output
 from .data.features import open_features  # noqa: F401 - public here too (scripts, tests)
 from .data.feed import BatchIterator, Feed, gather_states, open_feed
+from .checkpoints import Checkpoints, PreemptionWatch
+from .checkpoints import Preempted  # noqa: F401 - public here too (scripts/train.py)
 from .evaluate import compute_metrics
 from .io_utils import atomic_path, atomic_write_bytes
-from .jobs import EXIT_RESUMABLE, StopRequest
+from .jobs import EXIT_RESUMABLE
 from .heads import make_head
 
 logger = logging.getLogger("whisper_at_jax.train")
@@ -70,14 +71,6 @@ EXIT_PREEMPTED = EXIT_RESUMABLE
 class NonFiniteError(TrainError):
     """A train step's loss or gradient norm was NaN or inf (names the step, the batch's example ids and the last
     good checkpoint)."""
-
-
-class Preempted(Exception):
-    """The run stopped on a preemption notice after saving a complete checkpoint at ``step`` (resumable there)."""
-
-    def __init__(self, step: int, checkpoint: Path):
-        super().__init__(f"preempted, resumable at step {step} (checkpoint {checkpoint})")
-        self.step, self.checkpoint = int(step), checkpoint
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -322,185 +315,6 @@ def evaluate(steps: Steps, params: PyTree, batches: Iterator[dict], kind: str, m
     return compute_metrics(np.concatenate(outs)[keep], np.concatenate(labels)[keep], multilabel=multilabel)
 
 
-class PreemptionWatch:
-    """Whether the run should stop at step ``n`` for a preemption notice.
-
-    With the JAX distributed client, JAX's preemption service (which catches SIGTERM, and Cloud TPU's maintenance
-    notice) propagates a notice on any host to all of them and ``reached_preemption_sync_point`` names one step that
-    every host reaches; it must be asked at every step. A single process catches SIGTERM itself; the handler is
-    one-shot, so a second SIGTERM kills the process the default way (an unfinished Orbax save is a temporary
-    directory that is never mistaken for a checkpoint).
-    """
-
-    def __init__(self) -> None:
-        from jax._src import distributed
-
-        self.distributed = distributed.global_state.client is not None
-        self.stop = None if self.distributed else StopRequest()
-
-    def reached(self, step: int) -> bool:
-        if self.distributed:
-            from jax.experimental import multihost_utils
-
-            return bool(multihost_utils.reached_preemption_sync_point(int(step)))
-        return self.stop.requested
-
-    def close(self) -> None:
-        if self.stop is not None:
-            self.stop.close()
-
-
-def _checkpoint_manager(workdir: Path, config: ml_collections.ConfigDict):
-    import orbax.checkpoint as ocp
-
-    c = config.checkpoint
-    opts = ocp.CheckpointManagerOptions(
-        save_interval_steps=max(1, int(c.every_steps)),
-        preservation_policy=ocp.checkpoint_managers.LatestN(int(c.keep)),
-        enable_async_checkpointing=bool(c.get("async_save", True)),
-    )
-    root = (workdir / "ckpt").absolute()
-    try:
-        return ocp.CheckpointManager(root, options=opts)
-    except OSError as e:
-        raise TrainError(f"checkpoint folder {root} cannot be opened: {e}") from e
-
-
-def _save(mngr: Any, state: dict, step: int, data_state: list[dict], run: Mapping[str, Any],
-          force: bool = False) -> None:
-    import orbax.checkpoint as ocp
-
-    with _checkpoint_io(mngr, step):
-        mngr.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=ocp.args.JsonSave({"batches_consumed": int(step), "hosts": data_state, "run": dict(run)})),
-            force=force)
-
-
-def _intact_steps(root: Path) -> list[int]:
-    return sorted(int(d.name) for d in root.iterdir() if d.name.isdigit() and _step_problem(d) is None)
-
-
-@contextlib.contextmanager
-def _checkpoint_io(mngr: Any, step: int | None = None) -> Iterator[None]:
-    """A failed (or failed async) save -> TrainError naming the folder and the checkpoints that stay intact (Orbax
-    writes a temporary directory and renames it only when complete)."""
-    try:
-        yield
-    except TrainError:
-        raise
-    except Exception as e:  # noqa: BLE001 - tensorstore / orbax raise several types for the same disk error
-        root = Path(mngr.directory)
-        what = f"saving checkpoint {step}" if step is not None else "finishing a checkpoint save"
-        raise TrainError(f"{what} in {root} failed ({type(e).__name__}: {str(e)[:300]}); disk full or read-only? "
-                         f"intact checkpoints there: {_intact_steps(root) or 'none'}") from e
-
-
-def _save_preemption(mngr: Any, state: dict, step: int, batches: BatchIterator, run: Mapping[str, Any]) -> None:
-    """Save (unless this step's periodic save is already under way) and wait until it is final, then raise
-    :class:`Preempted`."""
-    if mngr is None:
-        logger.error("preempted at step %d with checkpoints off (checkpoint.every_steps=0): nothing saved", step)
-        raise TrainError(f"preempted at step {step}; checkpoint.every_steps=0, so the run is not resumable")
-    if mngr.latest_step() != step:
-        _save(mngr, state, step, gather_states(batches), run, force=True)
-    with _checkpoint_io(mngr, step):
-        mngr.wait_until_finished()
-    mngr.close()
-    path = Path(mngr.directory) / str(step)
-    logger.warning("preempted, resumable at step %d (%s)", step, path)
-    raise Preempted(step, path)
-
-
-#: Orbax's marker of a finalized step directory (written last, after every item's own marker).
-COMMIT_MARKER = "commit_success.txt"
-
-
-def _step_problem(step_dir: Path) -> str | None:
-    """Why a step directory is not a complete checkpoint, or None (the full check is reading it)."""
-    if not (step_dir / COMMIT_MARKER).is_file():
-        return f"it has no {COMMIT_MARKER} (a save that never finished)"
-    for item in ("state", "data"):
-        if not (step_dir / item / COMMIT_MARKER).is_file():
-            return f"its {item!r} item has no {COMMIT_MARKER}"
-    return None
-
-
-def _restore(mngr: Any, abstract: dict, state_sh: Any, run: Mapping[str, Any]
-             ) -> tuple[tuple[dict, int, dict] | None, list[Path]]:
-    """The newest intact checkpoint: broken ones (unfinished, a file missing or truncated) are skipped with a
-    warning naming them; a checkpoint of another run (head mode, classes, taps shape) is a :class:`TrainError`, and
-    so is a folder whose checkpoints are all broken (never a silent start from step 0). Returns (state, step, data)
-    or None, and the broken step directories."""
-    import orbax.checkpoint as ocp
-
-    root = Path(mngr.directory)
-    try:
-        names = [p.name for p in root.iterdir()]
-    except OSError as e:
-        raise TrainError(f"checkpoint folder {root} is unreadable: {e}") from e
-    finished = set(int(s) for s in mngr.all_steps())
-    for name in names:
-        if ".orbax-checkpoint-tmp" in name:
-            logger.warning("checkpoint folder %s: ignoring %s, a save that never finished", root, name)
-    candidates = sorted(finished | {int(n) for n in names if n.isdigit()}, reverse=True)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
-    skipped = []
-    for step in candidates:
-        step_dir = root / str(step)
-        why = _step_problem(step_dir)
-        if why is None:
-            try:
-                data = dict(mngr.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"])
-            except Exception as e:  # noqa: BLE001 - any read failure means this step is broken
-                why = f"its data item is unreadable ({type(e).__name__}: {str(e)[:200]})"
-        if why is None:
-            saved = data.get("run")
-            if saved is not None and dict(saved) != dict(run):
-                diff = {k: (saved.get(k), run.get(k)) for k in set(saved) | set(run) if saved.get(k) != run.get(k)}
-                raise TrainError(f"checkpoint {step_dir} is of another run: " + ", ".join(
-                    f"{k} {a!r} there, {b!r} in this config" for k, (a, b) in sorted(diff.items())) +
-                    " (use another workdir, or the config it was trained with)")
-            try:
-                state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
-            except Exception as e:  # noqa: BLE001
-                why = f"its state is unreadable ({type(e).__name__}: {str(e)[:200]})"
-        if why is not None:
-            logger.warning("skipping checkpoint %s: %s", step_dir, why)
-            skipped.append((step_dir, why))
-            continue
-        if int(data["batches_consumed"]) != int(state["step"]):
-            raise TrainError(f"checkpoint {step_dir}: data position {data['batches_consumed']} and step "
-                             f"{int(state['step'])} disagree")
-        if skipped:
-            logger.warning("resuming from checkpoint %d, the newest intact one", step)
-        return (state, int(step), data), [d for d, _ in skipped]
-    if skipped:
-        raise TrainError(f"checkpoint folder {root} holds checkpoints but none is intact; not starting from step 0 "
-                         "(move the folder away to start afresh): " + "; ".join(f"{d}: {w}" for d, w in skipped))
-    return None, []
-
-
-def _set_aside(mngr: Any, broken: Sequence[Path]) -> None:
-    """Rename broken step directories to ``<step>.broken`` (kept for inspection) so new saves can take their
-    steps; process 0 renames, every host waits for it, then the manager re-reads the folder."""
-    if not broken:
-        return
-    if jax.process_index() == 0:
-        for d in broken:
-            dest = d.with_name(d.name + ".broken")
-            k = 1
-            while dest.exists():
-                dest, k = d.with_name(f"{d.name}.broken{k}"), k + 1
-            os.replace(d, dest)
-            logger.warning("moved the broken checkpoint %s to %s", d, dest)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("whisper_at_jax: broken checkpoints set aside")
-    mngr.reload()
-
-
 def label_rows(labels: Sequence[str], n_classes: int) -> list[list[Any]]:
     """Class names -> the checkpoint's ``[[index, mid, display_name], ...]``: AudioSet names or MIDs get both from
     the AudioSet ontology; other names get an empty MID; no names at all get the checkpoint's defaults."""
@@ -556,27 +370,13 @@ def _model_and_taps_shape(config: ml_collections.ConfigDict, feed: Feed, model: 
     return model, taps_shape
 
 
-def _resume(mngr: Any, steps: Steps, run: Mapping[str, Any]) -> tuple[dict, int, dict | None]:
-    """(state, step, the checkpoint's data item) of the newest intact checkpoint, broken ones set aside; a fresh
-    state at step 0 (and no data item) when there is none."""
-    restored, broken = (_restore(mngr, jax.eval_shape(steps.init), steps.state_sharding, run)
-                        if mngr is not None else (None, []))
-    _set_aside(mngr, broken)
-    if restored is None:
-        return steps.init(), 0, None
-    logger.info("resumed from step %d", restored[1])
-    return restored
-
-
 class _Run:
     """One run's loop over its batches: a train step per batch, then the periodic actions (log, weight averaging
     and eval at epoch ends, checkpoint); then the final head and the outputs (:meth:`finish`)."""
 
     def __init__(self, config: ml_collections.ConfigDict, feed: Feed, steps: Steps, encoder_params: PyTree,
-                 mngr: Any, run_id: Mapping[str, Any], steps_per_epoch: int, state: dict, start: int,
-                 batches: BatchIterator):
-        self.config, self.feed, self.steps, self.enc, self.mngr, self.run_id = (
-            config, feed, steps, encoder_params, mngr, run_id)
+                 ckpt: Checkpoints | None, steps_per_epoch: int, state: dict, start: int, batches: BatchIterator):
+        self.config, self.feed, self.steps, self.enc, self.ckpt = config, feed, steps, encoder_params, ckpt
         self.spe, self.total, self.start = steps_per_epoch, int(config.epochs) * steps_per_epoch, start
         self.state, self.batches, self.metrics = state, batches, None
         self.workdir, self.is_main = Path(config.workdir), jax.process_index() == 0
@@ -589,7 +389,7 @@ class _Run:
         # Each action runs after the steps that are multiples of its period, and after the last step.
         self.periodic: list[tuple[int, Callable[[int], None]]] = [
             (int(config.log_every_steps), self.log), (steps_per_epoch, self.end_of_epoch)]
-        if mngr is not None:
+        if ckpt is not None:
             self.periodic.append((int(config.checkpoint.every_steps), self.save))
 
     def loop(self) -> None:
@@ -622,11 +422,10 @@ class _Run:
                     if every(period, done, self.total):
                         action(done)
                 if done < self.total and watch.reached(done):
-                    _save_preemption(self.mngr, self.state, done, self.batches, self.run_id)
+                    self.preempted(done)
             self.check_finite(pending)
-            if self.mngr is not None:
-                with _checkpoint_io(self.mngr):
-                    self.mngr.wait_until_finished()
+            if self.ckpt is not None:
+                self.ckpt.wait()
         finally:
             watch.close()
             if self.bar is not None:
@@ -658,7 +457,14 @@ class _Run:
             self.t0, self.n0 = time.perf_counter(), done  # eval time is not training throughput
 
     def save(self, done: int) -> None:
-        _save(self.mngr, self.state, done, gather_states(self.batches), self.run_id, force=done == self.total)
+        self.ckpt.save(self.state, done, gather_states(self.batches), force=done == self.total)
+
+    def preempted(self, done: int) -> None:
+        """A preemption notice: a complete checkpoint at ``done``, then :class:`~.checkpoints.Preempted`."""
+        if self.ckpt is None:
+            logger.error("preempted at step %d with checkpoints off (checkpoint.every_steps=0): nothing saved", done)
+            raise TrainError(f"preempted at step {done}; checkpoint.every_steps=0, so the run is not resumable")
+        self.ckpt.save_and_stop(self.state, done, lambda: gather_states(self.batches))
 
     def evaluate(self, params: PyTree) -> dict[str, float]:
         return evaluate(self.steps, params, self.feed.eval_iter(), self.feed.kind, bool(self.config.data.multilabel),
@@ -676,11 +482,7 @@ class _Run:
             logger.warning("step %d: loss %s, grad norm %s: batch skipped (%d so far); example ids: %s", s_, loss_,
                            gnorm_, self.result["skipped_batches"], ", ".join(ids_))
             return
-        last = None
-        if self.mngr is not None:
-            self.mngr.wait_until_finished()
-            last = self.mngr.latest_step()
-        where = f"{Path(self.mngr.directory) / str(last)}" if last is not None else "none (no checkpoint saved)"
+        where = self.ckpt.last_good() if self.ckpt is not None else "none (checkpoints are off)"
         raise NonFiniteError(f"step {s_}: loss {loss_}, gradient norm {gnorm_} (not finite); the step was not "
                              f"applied. Example ids of the batch: {', '.join(ids_)}. Last good checkpoint: {where}. "
                              "Set config.on_nonfinite='skip' to skip such batches.")
@@ -700,8 +502,8 @@ class _Run:
         if self.is_main:
             self.write_outputs(final_np, model, taps_shape)
         self.writer.close()
-        if self.mngr is not None:
-            self.mngr.close()
+        if self.ckpt is not None:
+            self.ckpt.close()
         return self.result
 
     def write_outputs(self, final_np: PyTree, model: Any, taps_shape: Sequence[int]) -> None:
@@ -758,10 +560,13 @@ def train(config: ml_collections.ConfigDict, *, train_source: ExampleSource | No
     steps = cached_steps(config, mesh, head, spe, taps_shape, model.dims if online else None)
     enc_params = jax.device_put(model.params["encoder"], parallel.replicated(mesh)) if online else None
 
-    mngr = _checkpoint_manager(Path(config.workdir), config) if int(config.checkpoint.every_steps) > 0 else None
     run_id = {"head_mode": str(config.head.mode), "n_classes": int(feed.n_classes),
               "taps_shape": list(taps_shape[1:])}
-    state, start, saved = _resume(mngr, steps, run_id)
-    run = _Run(config, feed, steps, enc_params, mngr, run_id, spe, state, start, feed.train_batches(start, saved))
+    ckpt = Checkpoints(Path(config.workdir), config, run_id) if int(config.checkpoint.every_steps) > 0 else None
+    restored = ckpt.restore(jax.eval_shape(steps.init), steps.state_sharding) if ckpt is not None else None
+    state, start, saved = restored if restored is not None else (steps.init(), 0, None)
+    if restored is not None:
+        logger.info("resumed from step %d", start)
+    run = _Run(config, feed, steps, enc_params, ckpt, spe, state, start, feed.train_batches(start, saved))
     run.loop()
     return run.finish(model, taps_shape)
