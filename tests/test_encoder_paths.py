@@ -1,5 +1,5 @@
-"""The CPU encoder program (batch items and row blocks of queries in lax.map) against the batched program that
-accelerators run, on the real tiny.en weights.
+"""The CPU encoder schedule (batch items, heads and row blocks in lax.map) against the batched schedule that
+accelerators run, both over the same encoder pieces, on the real tiny.en weights.
 
 Both compute the same per-row arithmetic; they may differ only by matmul summation order (different matrix
 shapes reach the CPU matmul kernels). Tolerance: TOL x each array's max magnitude in fp32 (pre-ln_post block
@@ -50,8 +50,8 @@ def test_cpu_program_equals_batched(tiny, frames):
     params = tiny.params["encoder"]
     mel = jnp.asarray(_mel(2, frames))
     n_head = tiny.dims.n_audio_head
-    batched = jax.jit(lambda p, m: M._encoder_forward(p, m, n_head, jnp.float32))(params, mel)
-    looped = jax.jit(lambda p, m: M._encoder_forward_cpu(p, m, n_head, jnp.float32, M.CPU_ENCODER_ROWS))(
+    batched = jax.jit(lambda p, m: M.encode_batched(M.encoder_pieces(p, n_head), m))(params, mel)
+    looped = jax.jit(lambda p, m: M.encode_per_item(M.encoder_pieces(p, n_head), m, M.CPU_ENCODER_ROWS))(
         params, mel)
     for name, a, b in zip(("final", "layers"), looped, batched):
         assert a.shape == b.shape, name
@@ -66,15 +66,16 @@ def test_cpu_program_row_block_sizes(tiny):
     params = tiny.params["encoder"]
     mel = jnp.asarray(_mel(1, 600))  # 300 rows
     n_head = tiny.dims.n_audio_head
-    ref = M._encoder_forward(params, mel, n_head, jnp.float32)[1]
+    pieces = M.encoder_pieces(params, n_head, jnp.float32)
+    ref = M.encode_batched(pieces, mel)[1]
     for rows in (100, 128, 1000):
-        out = M._encoder_forward_cpu(params, mel, n_head, jnp.float32, rows)[1]
+        out = M.encode_per_item(pieces, mel, rows)[1]
         assert _rel(out, ref) <= TOL, (rows, _rel(out, ref))
 
 
 def test_init_and_bf16_paths():
     """init still builds the openai-named tree through the Linen submodules; the bf16 CPU program runs through
-    the same helpers (bf16 keeps ~3 significant digits and the error grows through 4 blocks: judged at 5% of the
+    the same pieces (bf16 keeps ~3 significant digits and the error grows through 4 blocks: judged at 5% of the
     final states' max magnitude, measured 2.2%)."""
     dims = M.dims_for("tiny.en")
     shapes = M.param_shapes(dims)

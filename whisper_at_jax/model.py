@@ -105,52 +105,69 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.
     return np.concatenate([np.sin(scaled_time), np.cos(scaled_time)], axis=1).astype(np.float32)
 
 
-class LayerNorm(nn.Module):
-    """LayerNorm in fp32 with PyTorch's eps (Flax's default eps is 1e-6), cast back to the input dtype."""
-
-    epsilon: float = 1e-5
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        d = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (d,), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (d,), jnp.float32)
-        xf = x.astype(jnp.float32)
-        mean = xf.mean(-1, keepdims=True)
-        var = jnp.square(xf - mean).mean(-1, keepdims=True)
-        y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
-        return y.astype(x.dtype)
-
+# ---------------------------------------------------------------------------------------------------------------
+# Numerics: each op written once, as a function of its param subtree. The Linen modules below declare the params
+# (openai-whisper's names) and compute through these functions.
 
 def matmul_precision(dtype: Any) -> jax.lax.Precision:
     """The precision of every matmul and convolution computing in ``dtype``.
 
     float32 compute means float32 products on every backend: XLA's DEFAULT is TF32 on NVIDIA GPUs (a single bf16
-    pass on TPUs); on an H200 it moved tiny.en's final encoder states by 0.34 (max |x| 13) from this CPU's, where
-    HIGHEST gives 6.5e-4 (``benchmarks/gpu_asr.py``, docs/benchmarks.md). bf16 compute keeps DEFAULT. On CPU both
-    are exact float32, so the CPU pays nothing.
+    pass on TPUs), which moves fp32 encoder states far from the CPU's (docs/benchmarks.md, GPU section). bf16 compute
+    keeps DEFAULT. On CPU both are exact float32, so the CPU pays nothing.
     """
     return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else jax.lax.Precision.DEFAULT
-
-
-def tied_logits(x: Array, embedding: Array, dtype: Any, *, transposed: bool = False) -> Array:
-    """The decoder's output projection: states [..., d] times the token embedding [V, d], in fp32.
-
-    ``transposed``: ``embedding`` is its [d, V] copy (``embedding.T``, contiguous). Decoding one row at a time on
-    CPU uses it: XLA CPU's matrix-vector product reads that layout faster (tiny.en: 8.1 vs 8.75 ms per decoding
-    step; docs/benchmarks.md), while for several rows the [V, d] layout is as fast or faster.
-    """
-    spec = "...d,dv->...v" if transposed else "...d,vd->...v"
-    return jnp.einsum(spec, x.astype(jnp.float32), embedding.astype(jnp.float32), precision=matmul_precision(dtype))
 
 
 def gelu(x: Array) -> Array:
     return jax.nn.gelu(x, approximate=False)
 
 
-# Long self-attention (encoder: 1500 frames) is computed in query blocks: the [H, block, keys] scores stay in cache,
-# which on CPU made attention ~1.3-1.7x faster than one [H, 1500, 1500] softmax (benchmarks/encoder.py); the result
-# is the same up to rounding since each query row's softmax is independent.
+def layer_norm(p: Params, x: Array, eps: float = 1e-5) -> Array:
+    """LayerNorm in fp32 with PyTorch's eps (Flax's default is 1e-6), cast back to the input dtype."""
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(-1, keepdims=True)
+    var = jnp.square(xf - mean).mean(-1, keepdims=True)
+    return ((xf - mean) * jax.lax.rsqrt(var + eps) * p["scale"] + p["bias"]).astype(x.dtype)
+
+
+def dense(p: Params, x: Array, dtype: Any, k_chunk: int | None = None) -> Array:
+    """x @ kernel (+ bias) in ``dtype`` (nn.Dense's arithmetic); with ``k_chunk``, an fp32 contraction in pieces of
+    that length summed pairwise (accuracy: see CAREFUL_BLOCKS)."""
+    x, w = x.astype(dtype), p["kernel"].astype(dtype)
+    dot = lambda a, b: jax.lax.dot_general(a, b, (((a.ndim - 1,), (0,)), ((), ())),  # noqa: E731
+                                           precision=matmul_precision(dtype))
+    # (bf16 compute: one product, which accumulates in fp32, beats a sum of bf16-rounded pieces)
+    if k_chunk is None or x.shape[-1] <= k_chunk or jnp.dtype(dtype) != jnp.float32:
+        y = dot(x, w)
+    else:
+        parts = [dot(x[..., i:i + k_chunk], w[i:i + k_chunk]) for i in range(0, x.shape[-1], k_chunk)]
+        while len(parts) > 1:
+            parts = [sum(parts[i:i + 2]) for i in range(0, len(parts), 2)]
+        y = parts[0]
+    return y + p["bias"].astype(dtype) if "bias" in p else y
+
+
+def conv1d(p: Params, x: Array, stride: int, dtype: Any) -> Array:
+    """Width-3 convolution with padding 1 over [B, T, C] (nn.Conv's arithmetic), kernel [3, C_in, C_out]."""
+    y = jax.lax.conv_general_dilated(x.astype(dtype), p["kernel"].astype(dtype), (stride,), [(1, 1)],
+                                     dimension_numbers=("NWC", "WIO", "NWC"), precision=matmul_precision(dtype))
+    return y + p["bias"].astype(dtype)
+
+
+def tied_logits(x: Array, embedding: Array, dtype: Any, *, transposed: bool = False) -> Array:
+    """The decoder's output projection: states [..., d] times the token embedding [V, d], in fp32.
+
+    ``transposed``: ``embedding`` is its [d, V] copy (``embedding.T``, contiguous). Decoding one row at a time on
+    CPU uses it: XLA CPU's matrix-vector product reads that layout faster (docs/benchmarks.md), while for several
+    rows the [V, d] layout is as fast or faster.
+    """
+    spec = "...d,dv->...v" if transposed else "...d,vd->...v"
+    return jnp.einsum(spec, x.astype(jnp.float32), embedding.astype(jnp.float32), precision=matmul_precision(dtype))
+
+
+# Long self-attention (encoder: 1500 frames) runs in query blocks so the [H, block, keys] scores stay in cache
+# (faster on CPU: docs/benchmarks.md, "Encoder"); each query row's softmax is independent, so the result is the same.
 _QUERY_BLOCK = 250
 
 
@@ -183,18 +200,65 @@ def _scale_queries(q: Array) -> Array:
     return q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
 
 
-def _attend(q: Array, k: Array, v: Array, mask: Array | None, query_block: int = _QUERY_BLOCK) -> Array:
+def _attend(q: Array, k: Array, v: Array, mask: Array | None = None, query_block: int = _QUERY_BLOCK) -> Array:
     """Scaled dot-product attention over head-major [B, H, T, hd] arrays -> [B, Tq, H*hd]; softmax in fp32.
 
     ``mask`` is additive, broadcastable to [B, H, Tq, Tk] (0 where allowed, -inf where not). Without a mask,
-    queries go in blocks of ``query_block``.
-
-    The softmax is normalised before the product with the values: normalising after it was 5-8% faster on CPU, as
-    accurate on average, but moved base's encoder past the parity test's bound on its input (docs/benchmarks.md).
+    queries go in blocks of ``query_block``. The softmax is normalised before the product with the values
+    (normalising after it moved base's encoder past the parity bound: docs/benchmarks.md).
     """
     b, h, tq, hd = q.shape
     out = _softmax_attention(_scale_queries(q), k, v, mask, query_block)
     return out.transpose(0, 2, 1, 3).reshape(b, tq, h * hd)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Modules: param declarations (names and initialisers as Flax's nn.Dense / nn.Conv give them) over the functions
+
+class LayerNorm(nn.Module):
+    """:func:`layer_norm` over params ``scale`` (ones) and ``bias`` (zeros)."""
+
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        d = x.shape[-1]
+        p = {"scale": self.param("scale", nn.initializers.ones, (d,), jnp.float32),
+             "bias": self.param("bias", nn.initializers.zeros, (d,), jnp.float32)}
+        return layer_norm(p, x, self.epsilon)
+
+
+class Dense(nn.Module):
+    """:func:`dense` over ``kernel`` [in, features] (LeCun normal) and ``bias`` (zeros), as ``nn.Dense`` declares
+    them."""
+
+    features: int
+    use_bias: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, k_chunk: int | None = None) -> Array:
+        p = {"kernel": self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features),
+                                  jnp.float32)}
+        if self.use_bias:
+            p["bias"] = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        return dense(p, x, self.dtype, k_chunk)
+
+
+class Conv1d(nn.Module):
+    """:func:`conv1d` over ``kernel`` [3, in, features] and ``bias``, as ``nn.Conv(kernel_size=(3,))`` declares
+    them."""
+
+    features: int
+    stride: int = 1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        p = {"kernel": self.param("kernel", nn.initializers.lecun_normal(), (3, x.shape[-1], self.features),
+                                  jnp.float32),
+             "bias": self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)}
+        return conv1d(p, x, self.stride, self.dtype)
 
 
 class MultiHeadAttention(nn.Module):
@@ -203,17 +267,17 @@ class MultiHeadAttention(nn.Module):
     dtype: Any = jnp.float32
 
     def setup(self):
-        dense = lambda name, bias=True: nn.Dense(  # noqa: E731
-            self.n_state, use_bias=bias, dtype=self.dtype, precision=matmul_precision(self.dtype), name=name)
-        self.query = dense("query")
-        self.key = dense("key", bias=False)
-        self.value = dense("value")
-        self.out = dense("out")
+        self.query = Dense(self.n_state, dtype=self.dtype)
+        self.key = Dense(self.n_state, use_bias=False, dtype=self.dtype)
+        self.value = Dense(self.n_state, dtype=self.dtype)
+        self.out = Dense(self.n_state, dtype=self.dtype)
 
-    def __call__(self, x: Array, mask: Array | None = None) -> Array:
-        """Self-attention over ``x`` [B, T, d] (no cache): encoder blocks, tagging heads."""
-        q, k, v = (split_heads(f(x), self.n_head) for f in (self.query, self.key, self.value))
-        return self.out(_attend(q, k, v, mask))
+    def __call__(self, x: Array, mask: Array | None = None, attend: Callable[..., Array] | None = None,
+                 k_chunk: int | None = None) -> Array:
+        """Self-attention over ``x`` [B, T, d] (no cache): encoder blocks, tagging heads. ``attend(q, k, v)``
+        replaces :func:`_attend` (the CPU encoder's per-head schedule); ``k_chunk``: see :func:`dense`."""
+        q, k, v = (split_heads(f(x, k_chunk), self.n_head) for f in (self.query, self.key, self.value))
+        return self.out(_attend(q, k, v, mask) if attend is None else attend(q, k, v), k_chunk)
 
     def kv(self, xa: Array) -> tuple[Array, Array]:
         """Head-major keys and values [B, H, T, hd] of ``xa`` [B, T, d]."""
@@ -232,7 +296,7 @@ class MultiHeadAttention(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    """Pre-LN Transformer block; the same block builds Whisper's encoder and the Whisper-AT heads."""
+    """Pre-LN Transformer block; the same block builds Whisper's encoder and decoder and the Whisper-AT heads."""
 
     n_state: int
     n_head: int
@@ -245,16 +309,21 @@ class ResidualAttentionBlock(nn.Module):
         if self.cross_attention:
             self.cross_attn = MultiHeadAttention(self.n_state, self.n_head, self.dtype)
             self.cross_attn_ln = LayerNorm()
-        self.mlp_0 = nn.Dense(4 * self.n_state, dtype=self.dtype, precision=matmul_precision(self.dtype))
-        self.mlp_2 = nn.Dense(self.n_state, dtype=self.dtype, precision=matmul_precision(self.dtype))
+        self.mlp_0 = Dense(4 * self.n_state, dtype=self.dtype)
+        self.mlp_2 = Dense(self.n_state, dtype=self.dtype)
         self.mlp_ln = LayerNorm()
 
-    def mlp(self, x: Array) -> Array:
-        return x + self.mlp_2(gelu(self.mlp_0(self.mlp_ln(x))))
+    def self_attention(self, x: Array, attend: Callable[..., Array] | None = None,
+                       k_chunk: int | None = None) -> Array:
+        """``x`` plus its self-attention (no mask)."""
+        return x + self.attn(self.attn_ln(x), attend=attend, k_chunk=k_chunk)
+
+    def mlp(self, x: Array, k_chunk: int | None = None) -> Array:
+        """``x`` plus its MLP; rows are independent (the CPU encoder runs them in blocks)."""
+        return x + self.mlp_2(gelu(self.mlp_0(self.mlp_ln(x), k_chunk)), k_chunk)
 
     def __call__(self, x: Array) -> Array:
-        x = x + self.attn(self.attn_ln(x))
-        return self.mlp(x)
+        return self.mlp(self.self_attention(x))
 
     def cross_kv(self, xa: Array) -> tuple[Array, Array]:
         return self.cross_attn.kv(xa)
@@ -279,6 +348,22 @@ class ResidualAttentionBlock(nn.Module):
         return self.mlp(x), cache._replace(self_k=self_k, self_v=self_v), qk
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The encoder: one module (its pieces: stem, block attention, block MLP, ln_post) run by two schedules
+
+# The first block's rounding errors are amplified 50-100x by the blocks after it, so the first CAREFUL_BLOCKS
+# blocks take their fp32 products in BLOCK0_K_CHUNK-long pieces summed pairwise (XLA CPU accumulates a long
+# contraction less accurately than MKL): accuracy and cost in docs/design.md ("Parity tolerances").
+CAREFUL_BLOCKS = 1
+BLOCK0_K_CHUNK = 128
+
+# The CPU schedule keeps live buffers small (buffers over glibc's mmap threshold are page-faulted on every call):
+# MLP rows in blocks of CPU_ENCODER_ROWS, attention one head at a time in blocks of CPU_ATTENTION_QUERIES
+# queries. Sizes and timings: docs/benchmarks.md ("Encoder").
+CPU_ENCODER_ROWS = 500
+CPU_ATTENTION_QUERIES = 500
+
+
 class AudioEncoder(nn.Module):
     n_mels: int
     n_ctx: int
@@ -288,11 +373,8 @@ class AudioEncoder(nn.Module):
     dtype: Any = jnp.float32
 
     def setup(self):
-        conv = lambda name, c_in, stride: nn.Conv(  # noqa: E731
-            self.n_state, kernel_size=(3,), strides=(stride,), padding=[(1, 1)], dtype=self.dtype,
-            precision=matmul_precision(self.dtype), name=name)
-        self.conv1 = conv("conv1", self.n_mels, 1)
-        self.conv2 = conv("conv2", self.n_state, 2)
+        self.conv1 = Conv1d(self.n_state, 1, self.dtype, name="conv1")
+        self.conv2 = Conv1d(self.n_state, 2, self.dtype, name="conv2")
         self.positional_embedding = self.param(
             "positional_embedding", lambda _: jnp.asarray(sinusoids(self.n_ctx, self.n_state)))
         self.blocks = [ResidualAttentionBlock(self.n_state, self.n_head, dtype=self.dtype, name=f"blocks_{i}")
@@ -309,154 +391,101 @@ class AudioEncoder(nn.Module):
             raise ValueError(f"mel must be [batch, {self.n_mels}, frames], got shape {mel.shape}")
         if mel.shape[2] > 2 * self.n_ctx:
             raise ValueError(f"mel has {mel.shape[2]} frames; this encoder takes at most {2 * self.n_ctx}")
-        if self.is_initializing():
-            return self._init_forward(mel, return_layers)
-        params = self.variables["params"]
-        run = functools.partial(_encoder_forward, n_head=self.n_head, dtype=self.dtype)
-        # The CPU program loops over batch items and row blocks (see _encoder_forward_cpu); accelerators keep one
-        # batched program. Chosen when the program is lowered for its platform, not by the default backend.
-        final, layers = jax.lax.platform_dependent(
-            params, mel, cpu=lambda p, m: _encoder_forward_cpu(p, m, self.n_head, self.dtype, CPU_ENCODER_ROWS),
-            default=run)
+        if self.is_initializing():  # the params are created by running the pieces through the bound submodules
+            final, layers = encode_batched(self, mel)
+        else:  # the schedule is chosen when the program is lowered for its platform, not by the default backend
+            final, layers = jax.lax.platform_dependent(
+                self.variables["params"], mel, cpu=lambda p, m: encode_per_item(self.pieces(p), m),
+                default=lambda p, m: encode_batched(self.pieces(p), m))
         return (final, layers) if return_layers else final
 
-    def _init_forward(self, mel: Array, return_layers: bool) -> Array | tuple[Array, Array]:
-        """The forward through the submodules: creates the params (``init``); same math as _encoder_forward."""
+    def pieces(self, params: Params) -> "EncoderPieces":
+        """This encoder's pieces as pure functions of ``params`` (its subtree): what runs inside lax.map."""
+        return EncoderPieces(self.clone(parent=None), params)
+
+    # the pieces a schedule runs (through the bound module, or through EncoderPieces)
+    def stem(self, mel: Array) -> Array:
+        """mel [B, n_mels, F] -> the first block's input [B, F/2, d]: two GELU convolutions plus positions."""
         x = mel.transpose(0, 2, 1).astype(self.dtype)
         x = gelu(self.conv1(x))
         x = gelu(self.conv2(x))
-        x = (x + self.positional_embedding[: x.shape[1]]).astype(self.dtype)
-        layers = []
-        for block in self.blocks:
-            x = block(x)
-            layers.append(x)
-        final = self.ln_post(x)
-        if return_layers:
-            return final, jnp.stack(layers, axis=1)
-        return final
+        return (x + self.positional_embedding[: x.shape[1]]).astype(self.dtype)
+
+    def block_attention(self, i: int, x: Array, attend: Callable[..., Array] | None = None) -> Array:
+        return self.blocks[i].self_attention(x, attend, BLOCK0_K_CHUNK if i < CAREFUL_BLOCKS else None)
+
+    def block_mlp(self, i: int, x: Array) -> Array:
+        return self.blocks[i].mlp(x, BLOCK0_K_CHUNK if i < CAREFUL_BLOCKS else None)
+
+    def post(self, x: Array) -> Array:
+        return self.ln_post(x)
 
 
-# The encoder's forward as plain functions of its param subtree (the same tree the Linen submodules own), so it can
-# run inside lax.map. Each helper reproduces its Linen module's arithmetic (nn.Dense / nn.Conv promote inputs,
-# kernel and bias to the compute dtype; LayerNorm in fp32), so both paths give the same numbers.
+class EncoderPieces:
+    """An :class:`AudioEncoder`'s pieces (``stem``, ``block_attention``, ``block_mlp``, ``post``) as pure functions
+    of its param subtree, each an ``apply`` of that piece: a schedule can run them inside ``lax.map``."""
 
-def _layer_norm(p: Params, x: Array, eps: float = 1e-5) -> Array:
-    xf = x.astype(jnp.float32)
-    mean = xf.mean(-1, keepdims=True)
-    var = jnp.square(xf - mean).mean(-1, keepdims=True)
-    return ((xf - mean) * jax.lax.rsqrt(var + eps) * p["scale"] + p["bias"]).astype(x.dtype)
+    def __init__(self, encoder: AudioEncoder, params: Params):
+        self.n_layer = encoder.n_layer
+        self._apply = functools.partial(encoder.apply, {"params": params})
 
+    def stem(self, mel: Array) -> Array:
+        return self._apply(mel, method="stem")
 
-def _dense(p: Params, x: Array, dtype: Any, k_chunk: int | None = None) -> Array:
-    """x @ kernel + bias; with ``k_chunk``, the contraction in pieces of that length summed pairwise (accuracy)."""
-    x, w = x.astype(dtype), p["kernel"].astype(dtype)
-    dot = lambda a, b: jax.lax.dot_general(a, b, (((a.ndim - 1,), (0,)), ((), ())),  # noqa: E731
-                                           precision=matmul_precision(dtype))
-    # (bf16 compute: one product, which accumulates in fp32, beats a sum of bf16-rounded pieces)
-    if k_chunk is None or x.shape[-1] <= k_chunk or jnp.dtype(dtype) != jnp.float32:
-        y = dot(x, w)
-    else:
-        parts = [dot(x[..., i:i + k_chunk], w[i:i + k_chunk]) for i in range(0, x.shape[-1], k_chunk)]
-        while len(parts) > 1:
-            parts = [sum(parts[i:i + 2]) for i in range(0, len(parts), 2)]
-        y = parts[0]
-    return y + p["bias"].astype(dtype) if "bias" in p else y
+    def block_attention(self, i: int, x: Array, attend: Callable[..., Array] | None = None) -> Array:
+        return self._apply(i, x, attend, method="block_attention")
+
+    def block_mlp(self, i: int, x: Array) -> Array:
+        return self._apply(i, x, method="block_mlp")
+
+    def post(self, x: Array) -> Array:
+        return self._apply(x, method="post")
 
 
-def _conv(p: Params, x: Array, stride: int, dtype: Any) -> Array:
-    y = jax.lax.conv_general_dilated(x.astype(dtype), p["kernel"].astype(dtype), (stride,), [(1, 1)],
-                                     dimension_numbers=("NWC", "WIO", "NWC"), precision=matmul_precision(dtype))
-    return y + p["bias"].astype(dtype)
+def encoder_pieces(params: Params, n_head: int, dtype: Any = jnp.float32) -> EncoderPieces:
+    """:class:`EncoderPieces` of an encoder param subtree (its dims read from the shapes)."""
+    n_ctx, d = params["positional_embedding"].shape
+    n_layer = sum(1 for name in params if name.startswith("blocks_"))
+    encoder = AudioEncoder(params["conv1"]["kernel"].shape[1], n_ctx, d, n_head, n_layer, dtype)
+    return EncoderPieces(encoder, params)
 
 
-def _block_mlp(p: Params, x: Array, dtype: Any, careful: bool = False) -> Array:
-    k_chunk = BLOCK0_K_CHUNK if careful else None
-    h = gelu(_dense(p["mlp_0"], _layer_norm(p["mlp_ln"], x), dtype, k_chunk))
-    return x + _dense(p["mlp_2"], h, dtype, k_chunk)
-
-
-def _block_attention(p: Params, x: Array, n_head: int, dtype: Any, attend: Callable[..., Array],
-                     careful: bool = False) -> Array:
-    """x [B, T, d] plus one encoder block's self-attention of it; ``attend(q, k, v)`` over [B, H, T, hd] arrays."""
-    k_chunk = BLOCK0_K_CHUNK if careful else None
-    a = p["attn"]
-    h = _layer_norm(p["attn_ln"], x)
-    q, k, v = (split_heads(_dense(a[name], h, dtype, k_chunk), n_head) for name in ("query", "key", "value"))
-    return x + _dense(a["out"], attend(q, k, v), dtype, k_chunk)
-
-
-def _stem(p: Params, mel: Array, dtype: Any) -> Array:
-    x = mel.transpose(0, 2, 1).astype(dtype)
-    x = gelu(_conv(p["conv1"], x, 1, dtype))
-    x = gelu(_conv(p["conv2"], x, 2, dtype))
-    return (x + p["positional_embedding"][: x.shape[1]]).astype(dtype)
-
-
-def _n_blocks(p: Params) -> int:
-    return sum(1 for name in p if name.startswith("blocks_"))
-
-
-# The first block's rounding errors are amplified 50-100x by the blocks after it (benchmarks/encoder_accuracy.py;
-# docs/design.md, "Parity tolerances"), so both encoder programs compute the first CAREFUL_BLOCKS blocks' fp32
-# products in BLOCK0_K_CHUNK-long pieces summed pairwise (XLA CPU's products accumulate a long contraction less
-# accurately than MKL's). Over six inputs that took the final states' mean distance from a float64 forward 6.8e-4 ->
-# 4.1e-4 for base (PyTorch fp32: 3.9e-4) and 1.2e-4 -> 0.7e-4 for tiny.en, for ~9% more CPU encoder time (tiny.en:
-# 285 vs 260 ms). Splitting every block's products did no better (base, speech input: 3.3e-4 vs 3.2e-4) at ~1.5x the
-# time; fewer or longer pieces in block 0 (192 / 256 / 384) each lost tiny.en's 1e-4 on some input.
-CAREFUL_BLOCKS = 1
-BLOCK0_K_CHUNK = 128
-
-
-def _encoder_forward(p: Params, mel: Array, n_head: int, dtype: Any) -> tuple[Array, Array]:
-    """Batched encoder forward: mel [B, n_mels, F] -> (final [B, F/2, d], block outputs [B, L, F/2, d])."""
-    x = _stem(p, mel, dtype)
+def encode_batched(enc: AudioEncoder | EncoderPieces, mel: Array) -> tuple[Array, Array]:
+    """The batched schedule (accelerators): mel [B, n_mels, F] -> (final [B, F/2, d], block outputs
+    [B, L, F/2, d])."""
+    x = enc.stem(mel)
     layers = []
-    for i in range(_n_blocks(p)):
-        blk, careful = p[f"blocks_{i}"], i < CAREFUL_BLOCKS
-        x = _block_attention(blk, x, n_head, dtype, lambda q, k, v: _attend(q, k, v, None), careful)
-        x = _block_mlp(blk, x, dtype, careful)
+    for i in range(enc.n_layer):
+        x = enc.block_mlp(i, enc.block_attention(i, x))
         layers.append(x)
-    return _layer_norm(p["ln_post"], x), jnp.stack(layers, axis=1)
-
-
-# The CPU encoder program (_encoder_forward_cpu) keeps every intermediate buffer small. On a 2-core x86 CPU the
-# batched program was memory-bound: every [B, T, 4d] MLP activation and [B, H, block, T] score array was a fresh
-# buffer, and buffers over glibc's 32 MB mmap limit are page-faulted on each call (575k faults per batch-8 call, ~2 s
-# of system time). So it loops (lax.map) over batch items; within an item, attention runs one head at a time
-# (XLA CPU ran the head-batched attention at about half the speed: tiny.en, 1500 x 1500, 6 heads, _attend 92-97 ms,
-# _attend_per_head 52 ms) in blocks of CPU_ATTENTION_QUERIES queries, and the MLP over blocks of CPU_ENCODER_ROWS
-# rows (a [rows, 4d] activation: 10 MB for large-v3). Rows and heads are independent, so the result equals the
-# batched forward up to rounding. Block sizes: docs/benchmarks.md ("Encoder").
-CPU_ENCODER_ROWS = 500
-CPU_ATTENTION_QUERIES = 500
+    return enc.post(x), jnp.stack(layers, axis=1)
 
 
 def _attend_per_head(q: Array, k: Array, v: Array) -> Array:
-    """_attend without a mask over [1, H, T, hd] arrays, one head at a time -> [1, Tq, H*hd]."""
-    # Each head's products are rank 2 ([T, hd] arrays): XLA CPU ran the same products with unit batch dimensions
-    # ([1, 1, T, hd]) ~15% slower (tiny.en, 6 heads: 34-36 vs 30 ms per layer).
+    """_attend without a mask over [1, H, T, hd] arrays, one head at a time (rank-2 products, which XLA CPU runs
+    faster than unit-batch ones) -> [1, Tq, H*hd]."""
     one = lambda qkv: _softmax_attention(_scale_queries(qkv[0]), *qkv[1:], None, CPU_ATTENTION_QUERIES)  # noqa: E731
     out = jax.lax.map(one, (q[0], k[0], v[0]))  # [H, Tq, hd]
     return out.transpose(1, 0, 2).reshape(1, q.shape[2], -1)
 
 
-def _encoder_forward_cpu(p: Params, mel: Array, n_head: int, dtype: Any, rows: int) -> tuple[Array, Array]:
-    """_encoder_forward, one batch item, one attention head and ``rows`` MLP rows at a time (small live buffers)."""
+def encode_per_item(enc: EncoderPieces, mel: Array, rows: int = CPU_ENCODER_ROWS) -> tuple[Array, Array]:
+    """The CPU schedule of the same pieces: one batch item, one attention head and ``rows`` MLP rows at a time
+    (rows and heads are independent, so it equals :func:`encode_batched` up to rounding)."""
 
     def item(mel_1: Array) -> tuple[Array, Array]:
-        x = _stem(p, mel_1[None], dtype)  # [1, T, d]
+        x = enc.stem(mel_1[None])  # [1, T, d]
         t, d = x.shape[1:]
         r = min(rows, t)
         n = -(-t // r)
         layers = []
-        for i in range(_n_blocks(p)):
-            blk, careful = p[f"blocks_{i}"], i < CAREFUL_BLOCKS
-            x = _block_attention(blk, x, n_head, dtype, _attend_per_head, careful)
+        for i in range(enc.n_layer):
+            x = enc.block_attention(i, x, _attend_per_head)
             # padded rows (zeros) are computed and dropped
             xs = jnp.pad(x[0], ((0, n * r - t), (0, 0))).reshape(n, r, d)
-            x = jax.lax.map(lambda xr: _block_mlp(blk, xr, dtype, careful), xs).reshape(1, n * r, d)[:, :t]
+            x = jax.lax.map(lambda xr: enc.block_mlp(i, xr), xs).reshape(1, n * r, d)[:, :t]
             layers.append(x[0])
-        return _layer_norm(p["ln_post"], x[0]), jnp.stack(layers)
+        return enc.post(x[0]), jnp.stack(layers)
 
     return jax.lax.map(item, mel)
 
