@@ -1,4 +1,5 @@
-"""What a new user meets first: output files and their modes, tags-only output in every format, help exit codes."""
+"""What a new user meets first: output files and their modes, tags-only output in every format, help exit codes,
+bad inputs refused before the model loads."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import pytest
 import whisper_at_jax as wat
 from whisper_at_jax.io_utils import atomic_write_bytes
 from whisper_at_jax.outputs import get_writer
+
+from test_infer import cli  # noqa: F401  (the CLI's main in-process)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "whisper_at_jax" / "assets" / "demo.flac"
@@ -50,19 +53,26 @@ def test_tags_only_output_carries_the_tags_in_every_format(demo_tags, tmp_path):
     assert int(tsv[-1].split("\t")[1]) == round(1000 * demo_tags["duration"])
 
 
-@pytest.mark.parametrize("script", ["train.py", "evaluate.py", "infer.py", "convert.py"])
+@pytest.mark.parametrize("script", ["train.py", "evaluate.py", "convert.py"])
 def test_help_exits_zero(script):
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--help"], capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "usage" in out.stdout.lower() or "flags" in out.stdout.lower()
-    if script == "infer.py":  # every option explained, with its default
-        assert "openai-whisper's long-form algorithm" in out.stdout and "(default: sequential)" in out.stdout
     if script == "evaluate.py":  # the example's continuation line survives
         assert "--split train \\\n" in out.stdout
 
 
+def test_infer_help_explains_every_option(cli):
+    p = cli("--help")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "usage" in p.stdout.lower()
+    # every option explained, with its default
+    assert "openai-whisper's long-form algorithm" in p.stdout and "(default: sequential)" in p.stdout
+
+
 def test_bad_inputs_refused_before_the_model_loads(tmp_path):
+    """In a subprocess: the CLI's exit status 2 (usage errors; tests/test_infer.py has 0 and 1)."""
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "infer.py"), str(tmp_path / "missing.flac"),
                           str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 2

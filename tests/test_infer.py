@@ -1,13 +1,19 @@
-"""scripts/infer.py end to end in a subprocess: several files in one call (one model load), a bad file among
-them, tags from a head given with --head, every output format, --tags-only."""
+"""The transcription CLI (``whisper-at-jax`` / ``scripts/infer.py``): several files in one call (one model load), a
+bad file among them, tags from a head given with --head, every output format, --tags-only, the decoding options and
+the checks that refuse bad ones. ``main(argv)`` runs in-process; one run per exit status (0, 1) goes through
+``scripts/infer.py`` in a subprocess (exit 2: tests/test_cli_ux.py; 75, SIGTERM: tests/test_failures.py)."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import importlib.util
 import json
 import subprocess
 import tempfile
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -22,17 +28,73 @@ def run_infer(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout, cwd=cwd)
 
 
+def cli_main() -> Callable[[list[str]], int]:
+    """The CLI's ``main(argv)``: the package's (``whisper_at_jax.cli``); until the CLI moves into the package, the
+    one ``scripts/infer.py`` defines."""
+    for name in ("whisper_at_jax.cli.infer", "whisper_at_jax.cli"):
+        try:
+            return getattr(importlib.import_module(name), "main")
+        except (ModuleNotFoundError, AttributeError):
+            pass
+    spec = importlib.util.spec_from_file_location("_infer_cli", ROOT / "scripts" / "infer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@dataclasses.dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+_MODELS: dict = {}  # one model per load_model arguments for the in-process runs of this session
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch, tmp_path) -> Callable[..., Run]:
+    """``cli(*argv)`` runs the CLI's main in this process -> Run(exit status, stdout, stderr). Outputs go to a scratch
+    folder by default; no persistent compilation cache is switched on in the test process; help text is wrapped at
+    80 columns; a model with the same load_model arguments is loaded once per session (the one-load-per-call
+    contract is checked in a subprocess)."""
+    import whisper_at_jax as wat
+
+    load = wat.load_model
+
+    def load_once(*args, **kwargs):
+        key = repr((args, sorted(kwargs.items())))
+        if key not in _MODELS:
+            _MODELS[key] = load(*args, **kwargs)
+        return _MODELS[key]
+
+    monkeypatch.setattr(wat, "load_model", load_once)
+    monkeypatch.setenv("WHISPER_AT_JAX_CACHE", "")
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.chdir(tmp_path)
+    main = cli_main()
+
+    def run(*argv: str) -> Run:
+        capsys.readouterr()
+        try:
+            code = main(list(argv))
+        except SystemExit as e:  # argparse: --help, usage errors
+            code = e.code
+        out, err = capsys.readouterr()
+        return Run(code, out, err)
+
+    return run
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, speech, tiny_en):
     """Two speech files (wav, flac), a non-audio file, and a random TL-TR head in whisper-at's .pth format."""
     import soundfile as sf
     import torch
 
-    try:
-        from whisper_at_jax.heads import head_params_to_torch, init_head, make_head
-    except ImportError:
-        pytest.skip("whisper_at_jax.heads is not available yet")
     import jax
+
+    from whisper_at_jax.heads import head_params_to_torch, init_head, make_head
 
     d = tmp_path_factory.mktemp("infer")
     sf.write(d / "one.wav", speech, 16000)
@@ -44,7 +106,8 @@ def files(tmp_path_factory, speech, tiny_en):
     return d
 
 
-def test_many_files_one_call(files, tmp_path):
+def test_many_files_one_call(files, tmp_path, tiny_en):
+    """In a subprocess: the exit status 1 (a file failed), one model load for every file."""
     from whisper_at_jax.transcribe import transcribe
 
     out = tmp_path / "out"
@@ -64,7 +127,7 @@ def test_many_files_one_call(files, tmp_path):
         assert len(data["audio_tags"]) == len(data["audio_tag"])
     assert not list(out.glob("broken.*"))
     # the printed transcript is the library's
-    ref = transcribe(__import__("whisper_at_jax").load_model("tiny.en", at_head=False), str(files / "one.wav"))
+    ref = transcribe(tiny_en, str(files / "one.wav"))
     for seg in ref["segments"]:
         assert seg["text"].strip() in p.stdout
     assert "== " + str(files / "one.wav") in p.stdout
@@ -72,7 +135,8 @@ def test_many_files_one_call(files, tmp_path):
     assert "(0." in p.stdout or "(1.00)" in p.stdout  # probabilities printed
 
 
-def test_tags_only_and_errors(files, tmp_path):
+def test_tags_only(files, tmp_path):
+    """In a subprocess: the exit status 0."""
     out = tmp_path / "tags"
     p = run_infer(str(files / "one.wav"), "--head", str(files / "head.pth"), "--tags-only",
                   "--output-format", "json", "--output-dir", str(out), "--threshold", "0.2")
@@ -80,27 +144,30 @@ def test_tags_only_and_errors(files, tmp_path):
     data = json.loads((out / "one.json").read_text())
     assert data["segments"] == [] and len(data["audio_tag"]) == 2  # ceil(13.85 / 10)
     assert p.stdout.count("tags: ") == 2
+
+
+def test_usage_errors(files, tmp_path, cli):
     # the embedded name gets the shipped default head; a model path without a head refuses --tags-only with a
     # message; a bad resolution likewise
     from whisper_at_jax.convert import embedded_model_dir
 
-    p = run_infer(str(files / "one.wav"), "--model", str(embedded_model_dir("tiny.en")[0]), "--tags-only")
+    p = cli(str(files / "one.wav"), "--model", str(embedded_model_dir("tiny.en")[0]), "--tags-only")
     assert p.returncode == 2 and "--tags-only needs" in p.stderr
-    p = run_infer(str(files / "one.wav"), "--head", str(files / "head.pth"), "--at-time-res", "1.0")
+    p = cli(str(files / "one.wav"), "--head", str(files / "head.pth"), "--at-time-res", "1.0")
     assert p.returncode == 2 and "multiple of 0.4" in p.stderr
-    p = run_infer(str(files / "one.wav"), "--language", "klingon")
+    p = cli(str(files / "one.wav"), "--language", "klingon")
     assert p.returncode == 2 and "unknown --language" in p.stderr
-    p = run_infer(str(files / "missing.wav"), "--output-dir", str(tmp_path / "x"))
+    p = cli(str(files / "missing.wav"), "--output-dir", str(tmp_path / "x"))
     # a missing input is a usage error, refused before the model loads (files that fail while decoding exit 1)
     assert p.returncode == 2 and "missing.wav: no such file" in p.stderr and "Traceback" not in p.stderr
 
 
-def test_word_timestamps(files, tmp_path):
+def test_word_timestamps(files, tmp_path, cli):
     """--word-timestamps: words in the json, subtitle cues from the words (--max-line-width / --max-line-count);
     combinations that cannot work are refused before the model loads."""
     out = tmp_path / "words"
-    p = run_infer(str(files / "one.wav"), "--word-timestamps", "--max-line-width", "30", "--max-line-count", "1",
-                  "--no-tags", "-f", "all", "-o", str(out))
+    p = cli(str(files / "one.wav"), "--word-timestamps", "--max-line-width", "30", "--max-line-count", "1",
+            "--no-tags", "-f", "all", "-o", str(out))
     assert p.returncode == 0, p.stderr
     data = json.loads((out / "one.json").read_text())
     words = [w for s in data["segments"] for w in s["words"]]
@@ -111,11 +178,11 @@ def test_word_timestamps(files, tmp_path):
                          (["--word-timestamps", "--mode", "batched", "--hallucination-silence-threshold", "2"],
                           "--hallucination-silence-threshold needs --mode sequential"),
                          (["--word-timestamps", "--max-line-width", "0"], "--max-line-width must be >= 1")):
-        p = run_infer(str(files / "one.wav"), *bad)
+        p = cli(str(files / "one.wav"), *bad)
         assert p.returncode == 2 and message in p.stderr and "loaded in" not in p.stderr, (bad, p.stderr)
 
 
-def test_decoding_options(files, tmp_path, tiny_en):
+def test_decoding_options(files, tmp_path, tiny_en, cli):
     """openai-whisper's CLI decoding options reach transcribe: the json equals the library's result with the same
     options, in runs where the options change the transcript (a prompt and clips; beam search with suppressed
     commas). Patience and the length penalty do not change this clip's beams; they travel in the same dict as
@@ -134,8 +201,7 @@ def test_decoding_options(files, tmp_path, tiny_en):
     default = transcribe(tiny_en, path, temperature=(0.0,))
     for i, (flags, options) in enumerate(runs):
         out = tmp_path / str(i)
-        p = run_infer(path, *flags, "--temperature-increment-on-fallback", "0", "--no-tags", "-f", "json",
-                      "-o", str(out))
+        p = cli(path, *flags, "--temperature-increment-on-fallback", "0", "--no-tags", "-f", "json", "-o", str(out))
         assert p.returncode == 0, p.stderr
         got = json.loads((out / "one.json").read_text())
         want = transcribe(tiny_en, path, temperature=(0.0,), **options)
@@ -158,13 +224,7 @@ def test_decoding_options(files, tmp_path, tiny_en):
     (["--condition-on-previous-text", "maybe"], "expected True or False"),
     (["--no-speech-threshold", "high"], "expected a number or none"),
 ])
-def test_bad_decoding_options_are_refused(flags, message, capsys):
+def test_bad_decoding_options_are_refused(flags, message, cli):
     """Refused by the parser with exit status 2, before any model loads."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("infer_cli", ROOT / "scripts" / "infer.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
-    with pytest.raises(SystemExit) as e:
-        cli._parse_args(["a.wav", *flags])
-    assert e.value.code == 2 and message in capsys.readouterr().err
+    p = cli("a.wav", *flags)
+    assert p.returncode == 2 and message in p.stderr and "loaded in" not in p.stderr
