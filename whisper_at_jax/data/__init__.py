@@ -6,6 +6,7 @@
   ``tfds.builder_from_directory``.
 * :mod:`~whisper_at_jax.data.reader`: :func:`make_dataset` (per-host, deterministic, resumable, optionally
   label-balanced); :func:`whisper_at_jax.parallel.to_global` makes its batches global arrays.
+* :mod:`~whisper_at_jax.data.shards`: a split's shards on disk (metadata, cut-short shards, labels files).
 * :mod:`~whisper_at_jax.data.examples`: :class:`ExampleSource` (examples in memory or memory-mapped) and
   :class:`IndexStream` (the deterministic, resumable batch order).
 * :mod:`~whisper_at_jax.data.features`: cached mode's feature store (:func:`extract_features`,
@@ -19,13 +20,8 @@ TensorFlow is imported only inside the functions that need it.
 from whisper_at_jax.data.examples import ExampleSource, IndexStream, ShardedArray, TrainError, eval_batches
 from whisper_at_jax.data.features import FeatureWriter, extract_features, make_encode_fn, open_features
 from whisper_at_jax.data.feed import SourceFeed, TFRecordData, gather_states, open_feed
-from whisper_at_jax.data.reader import (
-    AudioBatchIterator,
-    ReaderStats,
-    host_example_counts,
-    label_balanced_weights,
-    make_dataset,
-)
+from whisper_at_jax.data.reader import AudioBatchIterator, label_balanced_weights, make_dataset
+from whisper_at_jax.data.shards import ReaderStats, host_example_counts
 from whisper_at_jax.data.sources import (
     ClipRecord,
     DataError,

@@ -28,7 +28,8 @@ import numpy as np
 from ..audio import SAMPLE_RATE
 from .examples import ExampleSource, IndexStream, SourceIterator, TrainError, eval_batches
 from .features import open_features
-from .reader import host_example_counts, label_balanced_weights, make_dataset
+from .reader import label_balanced_weights, make_dataset
+from .shards import host_example_counts
 from .tfrecords import read_metadata
 
 logger = logging.getLogger("whisper_at_jax.data")

@@ -185,6 +185,26 @@ def _names_from_mid_map(mapping: Mapping[str, int]) -> list[str]:
 # AudioSet
 
 
+def _audioset_row(csv_path: str, lineno: int, row: Sequence[str]) -> tuple[str, str, str, str, float, float]:
+    """One AudioSet CSV row -> (YTID, start and end as written, the MIDs cell, start and end seconds); a malformed
+    row is a :class:`DataError` naming the file and line."""
+    if len(row) != 4:
+        raise DataError(
+            f"{csv_path}:{lineno}: expected 4 fields (YTID, start_seconds, end_seconds, positive_labels), "
+            f"got {len(row)}: {row!r}"
+        )
+    ytid, start_s, end_s, mids = (x.strip() for x in row)
+    try:
+        start, end = float(start_s), float(end_s)
+    except ValueError:
+        raise DataError(
+            f"{csv_path}:{lineno}: start/end seconds are not numbers: {start_s!r}, {end_s!r}"
+        ) from None
+    if not end > start >= 0:
+        raise DataError(f"{csv_path}:{lineno}: need 0 <= start < end, got {start_s}, {end_s}")
+    return ytid, start_s, end_s, mids, start, end
+
+
 def read_audioset_csv(
     csv_path: PathLike,
     audio_dir: PathLike,
@@ -228,20 +248,7 @@ def read_audioset_csv(
                 continue
             if row[0].strip() == "YTID":  # an uncommented header line
                 continue
-            if len(row) != 4:
-                raise DataError(
-                    f"{csv_path}:{lineno}: expected 4 fields (YTID, start_seconds, end_seconds, positive_labels), "
-                    f"got {len(row)}: {row!r}"
-                )
-            ytid, start_s, end_s, mids = (x.strip() for x in row)
-            try:
-                start, end = float(start_s), float(end_s)
-            except ValueError:
-                raise DataError(
-                    f"{csv_path}:{lineno}: start/end seconds are not numbers: {start_s!r}, {end_s!r}"
-                ) from None
-            if not end > start >= 0:
-                raise DataError(f"{csv_path}:{lineno}: need 0 <= start < end, got {start_s}, {end_s}")
+            ytid, start_s, end_s, mids, start, end = _audioset_row(csv_path, lineno, row)
             report.rows += 1
             labels = []
             for mid in (m.strip() for m in mids.split(",")):
@@ -345,6 +352,27 @@ def read_esc50_csv(
 # Generic path,labels CSV
 
 
+def _label_csv_classes(labels: Union[None, Sequence[str], Mapping[str, int]], cells: Sequence[Sequence[str]]
+                       ) -> tuple[list[str], Mapping[str, int]]:
+    """:func:`read_label_csv`'s class names and token -> index mapping, from ``labels`` or the cells' tokens."""
+    if labels is None:
+        all_tokens = sorted({t for cell in cells for t in cell})
+        if all(t.lstrip("-").isdigit() for t in all_tokens):
+            n = max((int(t) for t in all_tokens), default=-1) + 1
+            label_names = [str(i) for i in range(n)]
+            mapping: Mapping[str, int] = {}
+        else:
+            label_names = all_tokens
+            mapping = {t: i for i, t in enumerate(all_tokens)}
+    elif isinstance(labels, Mapping):
+        mapping = {str(k): int(v) for k, v in labels.items()}
+        label_names = _names_from_mid_map(mapping)
+    else:
+        label_names = [str(x) for x in labels]
+        mapping = {name: i for i, name in enumerate(label_names)}
+    return label_names, mapping
+
+
 def read_label_csv(
     csv_path: PathLike,
     audio_dir: Optional[PathLike] = None,
@@ -383,21 +411,7 @@ def read_label_csv(
     def tokens(cell: str) -> list[str]:
         return [t.strip() for t in cell.split(sep) if t.strip()]
 
-    if labels is None:
-        all_tokens = sorted({t for _, r in rows for t in tokens(r["labels"])})
-        if all(t.lstrip("-").isdigit() for t in all_tokens):
-            n = max((int(t) for t in all_tokens), default=-1) + 1
-            label_names = [str(i) for i in range(n)]
-            mapping: Mapping[str, int] = {}
-        else:
-            label_names = all_tokens
-            mapping = {t: i for i, t in enumerate(all_tokens)}
-    elif isinstance(labels, Mapping):
-        mapping = {str(k): int(v) for k, v in labels.items()}
-        label_names = _names_from_mid_map(mapping)
-    else:
-        label_names = [str(x) for x in labels]
-        mapping = {name: i for i, name in enumerate(label_names)}
+    label_names, mapping = _label_csv_classes(labels, [tokens(r["labels"]) for _, r in rows])
     n_classes = len(label_names)
 
     report = SourceReport()

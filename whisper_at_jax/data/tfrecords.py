@@ -301,6 +301,84 @@ def _update_missing_file(out_dir: str, split: str, missing: Sequence[tuple[str, 
 # Public entry point
 
 
+def _check_write_args(records: Sequence[ClipRecord], split: str, num_shards: int, clip_seconds: Optional[float],
+                      sample_rate: int, encoding: str, label_names: Optional[Sequence[str]], strict: bool, name: str,
+                      missing_pairs: Sequence[tuple[str, str]]) -> list[str]:
+    """:func:`write_tfrecords`' argument checks (a :class:`DataError` naming the argument); the class names."""
+    if encoding not in ENCODINGS:
+        raise DataError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+    if not _NAME_RE.match(name):
+        raise DataError(f"dataset name must be lower-case letters, digits and underscores, got {name!r}")
+    if not _SPLIT_RE.match(split):
+        raise DataError(f"split name must be letters, digits and underscores, got {split!r}")
+    if int(num_shards) < 1:
+        raise DataError(f"num_shards must be >= 1, got {num_shards}")
+    if sample_rate <= 0:
+        raise DataError(f"sample_rate must be positive, got {sample_rate}")
+    if clip_seconds is not None and clip_seconds <= 0:
+        raise DataError(f"clip_seconds must be positive or None, got {clip_seconds}")
+    if label_names is None:
+        raise DataError("label_names is required (the class list the label indices refer to)")
+    label_names = [str(x) for x in label_names]
+    if not records:
+        raise DataError(f"no clips to write for split {split!r}" + (
+            f" ({len(missing_pairs)} listed clip(s) missing on disk, first: {_first([m for m, _ in missing_pairs])})"
+            if missing_pairs else ""))
+    if strict and missing_pairs:
+        shown = _first([m for m, _ in missing_pairs])
+        raise DataError(f"{len(missing_pairs)} clip(s) missing on disk (first: {shown})")
+    for rec in records:
+        bad = [x for x in rec.labels if not 0 <= int(x) < len(label_names)]
+        if bad:
+            raise DataError(f"clip {rec.id!r}: label index {bad[0]} outside the {len(label_names)} classes")
+    return label_names
+
+
+def _dataset_metadata(out_dir: str, name: str, encoding: str, sample_rate: int, label_names: list[str]) -> dict:
+    """The folder's metadata (fresh for a new folder); a folder written with another name, encoding, rate or class
+    list is a :class:`DataError` (one dataset = one of each)."""
+    meta = read_metadata(out_dir) or {
+        "format": METADATA_FORMAT, "name": name, "encoding": encoding, "sample_rate": int(sample_rate),
+        "label_names": label_names, "splits": {},
+    }
+    for key, want in (("name", name), ("encoding", encoding), ("sample_rate", int(sample_rate)),
+                      ("label_names", label_names)):
+        if meta.get(key) != want:
+            shown = want if key != "label_names" else f"{len(want)} classes"
+            had = meta.get(key) if key != "label_names" else f"{len(meta.get(key) or [])} classes"
+            raise DataError(
+                f"{out_dir} already holds splits {sorted(meta['splits'])} written with {key}={had}; "
+                f"this write asks for {shown}. Use another folder (one dataset = one encoding, rate, class list)."
+            )
+    return meta
+
+
+def _write_shards(jobs: list[tuple], num_workers: int, progress: bool) -> list:
+    """Each job's shard written, in ``num_workers`` processes (1: in this one)."""
+    if num_workers > 1 and len(jobs) > 1:
+        import concurrent.futures
+        import multiprocessing
+
+        # spawn, not fork: the parent may already hold TensorFlow's threads, which do not survive a fork.
+        with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+            it = ex.map(_write_shard_star, jobs)
+            return list(_progress(it, len(jobs), progress))
+    return [_write_shard(*job) for job in _progress(jobs, len(jobs), progress)]
+
+
+def _write_labels_file(out_dir: str, name: str, split: str, results: Sequence) -> str:
+    """Every written record's labels (offsets + values, in shard order) beside the shards; returns its name."""
+    labels = [lab for r in results for lab in r.labels]
+    offsets = np.zeros(len(labels) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(x) for x in labels])
+    values = np.asarray([v for lab in labels for v in lab], np.int32)
+    buf = io.BytesIO()
+    np.savez(buf, offsets=offsets, values=values, shard_lengths=np.asarray([r.length for r in results], np.int64))
+    labels_file = f"{name}-{split}.labels.npz"
+    atomic_write_bytes(os.path.join(out_dir, labels_file), buf.getvalue())
+    return labels_file
+
+
 def write_tfrecords(
     records: Union[Source, Sequence[ClipRecord]],
     out_dir: Union[str, os.PathLike],
@@ -358,48 +436,12 @@ def write_tfrecords(
     if missing is not None:
         missing_pairs = [(m, "") for m in missing]
     records = list(records)
-    if encoding not in ENCODINGS:
-        raise DataError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
-    if not _NAME_RE.match(name):
-        raise DataError(f"dataset name must be lower-case letters, digits and underscores, got {name!r}")
-    if not _SPLIT_RE.match(split):
-        raise DataError(f"split name must be letters, digits and underscores, got {split!r}")
-    if int(num_shards) < 1:
-        raise DataError(f"num_shards must be >= 1, got {num_shards}")
-    if sample_rate <= 0:
-        raise DataError(f"sample_rate must be positive, got {sample_rate}")
-    if clip_seconds is not None and clip_seconds <= 0:
-        raise DataError(f"clip_seconds must be positive or None, got {clip_seconds}")
-    if label_names is None:
-        raise DataError("label_names is required (the class list the label indices refer to)")
-    label_names = [str(x) for x in label_names]
-    if not records:
-        raise DataError(f"no clips to write for split {split!r}" + (
-            f" ({len(missing_pairs)} listed clip(s) missing on disk, first: {_first([m for m, _ in missing_pairs])})"
-            if missing_pairs else ""))
-    if strict and missing_pairs:
-        shown = _first([m for m, _ in missing_pairs])
-        raise DataError(f"{len(missing_pairs)} clip(s) missing on disk (first: {shown})")
-    for rec in records:
-        bad = [x for x in rec.labels if not 0 <= int(x) < len(label_names)]
-        if bad:
-            raise DataError(f"clip {rec.id!r}: label index {bad[0]} outside the {len(label_names)} classes")
+    label_names = _check_write_args(records, split, num_shards, clip_seconds, sample_rate, encoding, label_names,
+                                    strict, name, missing_pairs)
 
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    meta = read_metadata(out_dir) or {
-        "format": METADATA_FORMAT, "name": name, "encoding": encoding, "sample_rate": int(sample_rate),
-        "label_names": label_names, "splits": {},
-    }
-    for key, want in (("name", name), ("encoding", encoding), ("sample_rate", int(sample_rate)),
-                      ("label_names", label_names)):
-        if meta.get(key) != want:
-            shown = want if key != "label_names" else f"{len(want)} classes"
-            had = meta.get(key) if key != "label_names" else f"{len(meta.get(key) or [])} classes"
-            raise DataError(
-                f"{out_dir} already holds splits {sorted(meta['splits'])} written with {key}={had}; "
-                f"this write asks for {shown}. Use another folder (one dataset = one encoding, rate, class list)."
-            )
+    meta = _dataset_metadata(out_dir, name, encoding, sample_rate, label_names)
 
     order = np.arange(len(records))
     if shuffle_seed is not None:
@@ -410,16 +452,7 @@ def write_tfrecords(
     jobs = [(p, [records[j] for j in c], int(sample_rate), encoding, max_samples, strict)
             for p, c in zip(paths, chunks)]
 
-    if num_workers > 1 and len(jobs) > 1:
-        import concurrent.futures
-        import multiprocessing
-
-        # spawn, not fork: the parent may already hold TensorFlow's threads, which do not survive a fork.
-        with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn")) as ex:
-            it = ex.map(_write_shard_star, jobs)
-            results = list(_progress(it, len(jobs), progress))
-    else:
-        results = [_write_shard(*job) for job in _progress(jobs, len(jobs), progress)]
+    results = _write_shards(jobs, num_workers, progress)
 
     # Older shards of this split with another shard count would be read as part of it: remove them.
     keep = {os.path.basename(p) for p in paths}
@@ -428,14 +461,7 @@ def write_tfrecords(
         if stale.match(fname) and fname not in keep:
             os.remove(os.path.join(out_dir, fname))
 
-    labels = [lab for r in results for lab in r.labels]
-    offsets = np.zeros(len(labels) + 1, np.int64)
-    offsets[1:] = np.cumsum([len(x) for x in labels])
-    values = np.asarray([v for lab in labels for v in lab], np.int32)
-    buf = io.BytesIO()
-    np.savez(buf, offsets=offsets, values=values, shard_lengths=np.asarray([r.length for r in results], np.int64))
-    labels_file = f"{name}-{split}.labels.npz"
-    atomic_write_bytes(os.path.join(out_dir, labels_file), buf.getvalue())
+    labels_file = _write_labels_file(out_dir, name, split, results)
 
     report = WriteReport(
         out_dir=out_dir, split=split, shard_files=paths, shard_lengths=[r.length for r in results],
