@@ -28,10 +28,8 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags
+from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file (configs/NAME.py[:ARG])", lock_config=True)
 _COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs)")

@@ -315,8 +315,7 @@ def tone_data(tiny_en, tmp_path_factory):
     write_tfrecords(records, d / "tfr", "train", num_shards=2, clip_seconds=2.0, label_names=names)
     write_tfrecords(records[::4], d / "tfr", "eval", num_shards=1, clip_seconds=2.0, label_names=names)
 
-    sys.path.insert(0, str(REPO / "scripts"))
-    import extract_features
+    from whisper_at_jax.cli import extract_features
 
     assert extract_features.main(["--model", "tiny.en", "--tfrecords", str(d / "tfr"), "--split", "train",
                                   "--out", str(d / "float32"), "--clip_seconds", "2", "--pool", "10", "--dtype",
@@ -494,8 +493,7 @@ def test_online_training_from_tfrecords_resumes_exports_and_evaluates(tiny_en, t
         assert np.array_equal(got[k], want[k]), k
 
     # scripts/evaluate.py on the export and cached taps (fold 1) == the head applied here.
-    sys.path.insert(0, str(REPO / "scripts"))
-    import evaluate as evaluate_script
+    from whisper_at_jax.cli import evaluate as evaluate_script
 
     out = tmp_path / "metrics.json"
     assert evaluate_script.main(["--checkpoint", str(work / "export"), "--features", str(d / "float32"), "--split",
