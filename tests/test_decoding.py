@@ -229,14 +229,48 @@ def test_first_argmax_is_argmax():
     np.testing.assert_array_equal(np.asarray(_first_argmax(jnp.asarray(x))), np.argmax(x, axis=-1))
 
 
-def test_sampling(tiny_en, window):
-    """Temperature sampling (jax.random, so not torch's draws): reproducible per seed, best_of ranks samples."""
-    features = window("a").ours
-    kw = dict(language="en", temperature=0.5, best_of=2, sample_len=24, without_timestamps=True)
-    a = decode(tiny_en, features, DecodingOptions(seed=1, **kw))
-    b = decode(tiny_en, features, DecodingOptions(seed=1, **kw))
-    assert a.tokens == b.tokens and a.avg_logprob == b.avg_logprob
-    assert a.temperature == 0.5 and np.isfinite(a.avg_logprob) and a.text and len(a.tokens) <= 24
+def test_sampling(tiny_en, ref_tiny, window):
+    """Temperature sampling (jax.random, so not torch's draws) at T = 1: a seed gives the same tokens every time,
+    different seeds different ones, and the draws follow openai-whisper's sampling distribution along them,
+    softmax(filtered logits / T), computed by its own decoder and logit filters: every drawn token is one it
+    allows, avg_logprob is its log-probability sum, and the draws' probability integral transforms under that
+    distribution are uniform (Kolmogorov-Smirnov at alpha = 0.001)."""
+    temperature, sample_len = 1.0, 24
+    w = window("a")
+    kw = dict(language="en", temperature=temperature, sample_len=sample_len, without_timestamps=True)
+    runs = [decode(tiny_en, w.ours, DecodingOptions(seed=seed, **kw)) for seed in range(8)]
+    again = decode(tiny_en, w.ours, DecodingOptions(seed=1, **kw))
+    assert again.tokens == runs[1].tokens and again.avg_logprob == runs[1].avg_logprob
+    assert len({tuple(r.tokens) for r in runs}) > 1
+    assert all(r.temperature == temperature and r.text and len(r.tokens) <= sample_len for r in runs)
+    best = [decode(tiny_en, w.ours, DecodingOptions(seed=1, best_of=2, **kw)) for _ in range(2)]  # best_of rows too
+    assert best[0].tokens == best[1].tokens and best[0].avg_logprob == best[1].avg_logprob
+
+    task = whisper.decoding.DecodingTask(ref_tiny, whisper.DecodingOptions(fp16=False, **kw))
+    eot, begin = task.tokenizer.eot, task.sample_begin
+    pit, informative = [], 0
+    u = np.random.default_rng(0).random(len(runs) * (sample_len + 1))
+    for r in runs:
+        drawn = r.tokens + ([eot] if len(r.tokens) < sample_len else [])  # EOT is drawn too, unless the budget ends
+        tokens = torch.tensor([list(task.initial_tokens) + r.tokens + [eot]])
+        with torch.no_grad():
+            logits = ref_tiny.decoder(tokens, w.theirs[None])[0].double()
+        sum_logprob = 0.0
+        for t, token in enumerate(drawn):
+            step = logits[begin - 1 + t].clone()[None]
+            for f in task.logit_filters:
+                f.apply(step, tokens[:, :begin + t])
+            p = torch.softmax(step[0] / temperature, -1).numpy()
+            assert p[token] > 0, f"step {t}: token {token} is one openai-whisper suppresses"
+            sum_logprob += float(torch.log_softmax(step[0], -1)[token])
+            pit.append(p[:token].sum() + u[len(pit)] * p[token])  # uniform on [0, 1] when token ~ p
+            informative += p.max() < 0.9
+        assert abs(r.avg_logprob - sum_logprob / (len(r.tokens) + 1)) < LOGPROB_TOL
+    assert informative >= 10, informative  # enough draws from a spread-out distribution to test
+    pit = np.sort(pit)
+    n = len(pit)
+    ks = max(np.max(np.arange(1, n + 1) / n - pit), np.max(pit - np.arange(n) / n))
+    assert ks < np.sqrt(np.log(2 / 0.001) / 2) / np.sqrt(n), (ks, n)
 
 
 def test_jfk(tiny_en, ref_tiny, shared_dir):
