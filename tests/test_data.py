@@ -267,7 +267,6 @@ def test_audioset_source_conventions_unknown_mid_strict(tmp_path, caplog):
 
 def test_audioset_default_label_list(tmp_path):
     # Without a map, the package's AudioSet list (whisper_at_jax.labels, 527 classes) is used.
-    pytest.importorskip("whisper_at_jax.labels")
     _write_tone(tmp_path / "aaaaaaaaaaa.wav")
     (tmp_path / "s.csv").write_text(AUDIOSET_HEADER + 'aaaaaaaaaaa, 0.0, 10.0, "/m/09x0r,/m/04rlf"\n')
     src = read_audioset_csv(tmp_path / "s.csv", tmp_path)

@@ -228,16 +228,10 @@ def test_head_segments_match_time_resolution_path(tmp_path_factory):
 def real_taps(request, speech):
     """Pooled taps of real tiny.en on the project's speech sample in a 30-s window: [1, 4, 75, 384], plus
     whisper-at's own pooled taps (its AudioEncoder with the same weights on the same mel)."""
-    try:
-        import whisper_at_jax as wat
+    from whisper_at_jax.audio import log_mel_spectrogram, pad_or_trim
+    from whisper_at_jax.convert import params_to_state_dict
 
-        if not hasattr(wat, "load_model"):
-            pytest.skip("whisper_at_jax.load_model does not exist yet")
-        model = request.getfixturevalue("tiny_en")
-        from whisper_at_jax.audio import log_mel_spectrogram, pad_or_trim
-        from whisper_at_jax.convert import params_to_state_dict
-    except (ImportError, AttributeError) as e:
-        pytest.skip(f"real tiny.en taps need load_model / audio / convert: {e}")
+    model = request.getfixturevalue("tiny_en")
     mel = np.asarray(log_mel_spectrogram(pad_or_trim(np.asarray(speech, np.float32))))[None]
     _, layers = model.encode(mel, return_layers=True)
     taps = np.array(pool_taps(layers))  # a writable copy: torch.from_numpy warns on read-only arrays
