@@ -273,12 +273,8 @@ def _log_mel_impl(audio: jax.Array, n_mels: int, padding: int) -> jax.Array:
     n_frames = n // HOP_LENGTH
     idx = np.arange(n_frames)[:, None] * HOP_LENGTH + np.arange(N_FFT)[None, :]
     frames = padded[..., idx]  # [..., frames, N_FFT]
-    # STFT by jnp.fft.rfft rather than a [400, 201] real DFT matmul: both were measured on this CPU against
-    # torch.stft (pocketfft) on jfk.wav and on synthetic speech, and against a float64 numpy reference. Max abs
-    # log-mel diff to openai-whisper: rfft 3.5e-5, DFT matmul (fp32, precision HIGHEST) 5.2e-5; to float64:
-    # rfft 1.8e-5, matmul 6.4e-5, torch itself 4.4e-5. The matmul's error is largest in quiet high bins of loud
-    # frames (a 400-term fp32 dot product accumulates more rounding than the FFT's log2(400) stages), and the
-    # rfft is also faster here (28 ms vs 36 ms per 30-s window; torch 59 ms).
+    # STFT by rfft, not a [400, 201] real DFT matmul: a 400-term fp32 dot rounds more than the FFT's log2(400)
+    # stages, and rfft is faster too (docs/benchmarks.md, "Tried and not kept").
     frames = padded[..., idx] * jnp.asarray(_hann_window())  # [..., frames, N_FFT]
     spec = jnp.fft.rfft(frames, axis=-1)  # [..., frames, N_FFT // 2 + 1]
     power = jnp.square(spec.real) + jnp.square(spec.imag)

@@ -32,11 +32,12 @@ def sample_beta(key: Array, alpha: float, shape: tuple[int, ...]) -> Array:
 
     For a whole-number ``alpha`` (the reference's 10) it is X / (X + Y) with X, Y ~ Gamma(alpha) each drawn as
     minus the sum of ``alpha`` log-uniforms: exact, and it avoids ``jax.random.beta``'s rejection-sampling loop,
-    which costs ~10 s of XLA compile time on a CPU for every train step that contains it.
+    which costs seconds of XLA compile time on a CPU for every train step that contains it (docs/benchmarks.md,
+    "Tried and not kept").
     """
     if float(alpha) == int(alpha) and 1 <= int(alpha) <= 64:
         n = 2 * int(alpha) * math.prod(shape)
-        # Drawn 1-D and reshaped: an N-d threefry draw compiles ~5x slower on XLA:CPU (measured: 6 s vs 1 s).
+        # Drawn 1-D and reshaped: an N-d threefry draw compiles slower on XLA:CPU (docs/benchmarks.md).
         u = jax.random.uniform(key, (n,), minval=jnp.finfo(jnp.float32).tiny, maxval=1.0)
         g = -jnp.sum(jnp.log(u.reshape((2, int(alpha)) + tuple(shape))), axis=1)
         return g[0] / (g[0] + g[1])
@@ -62,7 +63,7 @@ def mixup(key: Array, taps: Array, labels: Array, *, p: float = 0.5, alpha: floa
     :func:`smooth_labels` targets.
     """
     b, c = labels.shape
-    # three keys, the first unused since the partner became a roll: the mixing and lambda draws stay the same
+    # three keys, the first unused (the partner is a roll), so the mixing and lambda draws keep their keys
     _, k_use, k_lam = jax.random.split(key, 3)
     use = jax.random.uniform(k_use, (b,)) < p
     lam = sample_beta(k_lam, alpha, (b,)).astype(jnp.float32)

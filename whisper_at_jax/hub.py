@@ -35,7 +35,7 @@ from typing import Callable, Iterator
 
 # openai-whisper 20250625, whisper/__init__.py `_MODELS` (name -> URL; the path carries the file's SHA-256).
 # One deliberate difference: openai-whisper maps "large" to large-v3; here "large" is large-v2, as in Whisper-AT
-# (whose "large" head belongs to large-v2) and as this package always documented.
+# (whose "large" head belongs to large-v2).
 OPENAI_MODELS: dict[str, str] = {
     "tiny.en": "https://openaipublic.azureedge.net/main/whisper/models/d3dd57d32accea0b295c96e26691aa14d8822fac7d9d27d5dc00b4ca2826dd03/tiny.en.pt",
     "tiny": "https://openaipublic.azureedge.net/main/whisper/models/65147644a518d12f04e32d6f3b26facc3f8dd46e5390956a9424a650c0ce22b9/tiny.pt",
