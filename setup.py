@@ -7,6 +7,8 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["whisper_at_jax", "whisper_at_jax.*"]),
     package_data={"whisper_at_jax": ["assets/*", "assets/heads/*/*"]},
+    # `whisper-at-jax AUDIO...` is `python scripts/infer.py AUDIO...` (as openai-whisper installs `whisper`).
+    entry_points={"console_scripts": ["whisper-at-jax=whisper_at_jax.cli.infer:main"]},
     install_requires=[
         "jax>=0.10,<0.13",
         "flax>=0.12",
