@@ -32,7 +32,7 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("src", help="model name (tiny.en, base, small, large-v3, turbo, ...; owner/repo on the Hugging "
@@ -50,7 +50,35 @@ def main(argv: list[str] | None = None) -> int:
                                         "tiktoken files and the embedded models are not installed)")
     ap.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (only once the new one is done)")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _read_head(args: argparse.Namespace, dims, log) -> tuple[dict, dict]:
+    """--head (a file, our checkpoint, or audioset / audioset-low for the model name) for a model of ``dims``."""
+    from flax.traverse_util import flatten_dict
+
+    from whisper_at_jax.convert.at_head import load_at_head, read_labels
+
+    t = time.perf_counter()
+    log(f"reading head {args.head}")
+    labels = read_labels(args.labels) if args.labels else None
+    if args.head in ("audioset", "audioset-low"):
+        from whisper_at_jax.api import official_head
+
+        args.head = official_head(args.src, low_compute=args.head == "audioset-low")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        head_params, head_config = load_at_head(args.head, dims, mode=args.head_mode, labels=labels)
+    for w in caught:
+        _log(f"  warning: {w.message}")
+    n_head = sum(int(v.size) for v in flatten_dict(head_params).values())
+    log(f"  head {head_config['mode']}: {n_head / 1e6:.2f} M params, {head_config['n_classes']} classes "
+        f"[{time.perf_counter() - t:.1f} s]")
+    return head_params, head_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
 
     log = (lambda m: None) if args.quiet else _log
     try:
@@ -63,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--tokenizer {args.tokenizer}: no such file")
 
         from whisper_at_jax.convert import progress, resolve, save_checkpoint
-        from whisper_at_jax.convert.at_head import load_at_head, read_labels
         from flax.traverse_util import flatten_dict
 
         progress.enable(not args.quiet)
@@ -78,21 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
         head_params, head_config = loaded.head_params, loaded.head_config
         if args.head:
-            t = time.perf_counter()
-            log(f"reading head {args.head}")
-            labels = read_labels(args.labels) if args.labels else None
-            if args.head in ("audioset", "audioset-low"):
-                from whisper_at_jax.api import official_head
-
-                args.head = official_head(args.src, low_compute=args.head == "audioset-low")
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                head_params, head_config = load_at_head(args.head, loaded.dims, mode=args.head_mode, labels=labels)
-            for w in caught:
-                _log(f"  warning: {w.message}")
-            n_head = sum(int(v.size) for v in flatten_dict(head_params).values())
-            log(f"  head {head_config['mode']}: {n_head / 1e6:.2f} M params, {head_config['n_classes']} classes "
-                f"[{time.perf_counter() - t:.1f} s]")
+            head_params, head_config = _read_head(args, loaded.dims, log)
 
         tokenizer = args.tokenizer
         if tokenizer is None:
