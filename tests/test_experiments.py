@@ -78,3 +78,13 @@ def test_console_script_is_the_infer_command(tmp_path: Path) -> None:
             for cmd in ([exe], [sys.executable, str(ROOT / "scripts" / "infer.py")])]
     assert [r.returncode for r in runs] == [2, 2]
     assert runs[0].stderr == runs[1].stderr and f"{missing}: no such file" in runs[0].stderr
+
+
+@pytest.mark.parametrize("name", [p.stem for p in SCRIPTS if p.stem != "train"])
+def test_every_cli_module_gives_help(name: str, capsys) -> None:
+    """In process, as the scripts and the console script call them: ``--help`` prints the usage and exits 0."""
+    import importlib
+
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(f"whisper_at_jax.cli.{name}").main(["--help"])
+    assert e.value.code == 0 and "usage" in capsys.readouterr().out.lower()
