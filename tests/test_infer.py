@@ -1,13 +1,11 @@
-"""The transcription CLI (``whisper-at-jax`` / ``scripts/infer.py``): several files in one call (one model load), a
-bad file among them, tags from a head given with --head, every output format, --tags-only, the decoding options and
-the checks that refuse bad ones. ``main(argv)`` runs in-process; one run per exit status (0, 1) goes through
+"""The transcription CLI (``whisper_at_jax.cli.infer``, run as ``whisper-at-jax`` or ``scripts/infer.py``): several
+files in one call (one model load), a bad file among them, tags from a head given with --head, every output format,
+--tags-only, the decoding options and the checks that refuse bad ones. ``main(argv)`` runs in-process; one run per exit status (0, 1) goes through
 ``scripts/infer.py`` in a subprocess (exit 2: tests/test_cli_ux.py; 75, SIGTERM: tests/test_failures.py)."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import importlib.util
 import json
 import subprocess
 import tempfile
@@ -18,6 +16,8 @@ from typing import Callable
 import numpy as np
 import pytest
 
+from whisper_at_jax.cli.infer import main
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -26,20 +26,6 @@ def run_infer(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     cwd = tempfile.mkdtemp(prefix="wat_infer_cwd_")
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "infer.py"), *args], capture_output=True,
                           text=True, timeout=timeout, cwd=cwd)
-
-
-def cli_main() -> Callable[[list[str]], int]:
-    """The CLI's ``main(argv)``: the package's (``whisper_at_jax.cli``); until the CLI moves into the package, the
-    one ``scripts/infer.py`` defines."""
-    for name in ("whisper_at_jax.cli.infer", "whisper_at_jax.cli"):
-        try:
-            return getattr(importlib.import_module(name), "main")
-        except (ModuleNotFoundError, AttributeError):
-            pass
-    spec = importlib.util.spec_from_file_location("_infer_cli", ROOT / "scripts" / "infer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
 
 
 @dataclasses.dataclass
@@ -72,7 +58,6 @@ def cli(capsys, monkeypatch, tmp_path) -> Callable[..., Run]:
     monkeypatch.setenv("WHISPER_AT_JAX_CACHE", "")
     monkeypatch.setenv("COLUMNS", "80")
     monkeypatch.chdir(tmp_path)
-    main = cli_main()
 
     def run(*argv: str) -> Run:
         capsys.readouterr()
