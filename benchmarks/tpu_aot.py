@@ -41,7 +41,7 @@ def _load(path: Path) -> dict:
 
 def train_cell(size: str, head: str, topology: str, dtype: str, per_chip: int, programs: tuple[str, ...],
                global_batch: int | None = None) -> list[dict]:
-    from configs import audioset2m
+    from whisper_at_jax.configs import audioset2m
     from whisper_at_jax import tpu
     from whisper_at_jax.model import dims_for
 

@@ -27,7 +27,7 @@ def run_one(size: str, mode: str, head: str, batch: int, steps: int, encoder_dty
     import jax
     import numpy as np
 
-    from configs import common
+    from whisper_at_jax.configs import common
     from whisper_at_jax.api import WhisperModel
     from whisper_at_jax.audio import HOP_LENGTH, SAMPLE_RATE
     from whisper_at_jax.model import dims_for, param_shapes

@@ -30,15 +30,10 @@ CONVERT = ROOT / "scripts" / "convert.py"
 
 
 def convert_cli():
-    """scripts/convert.py as a module, to call its main() in process."""
-    import importlib.util
+    """The convert command line (``scripts/convert.py`` calls the same ``main``), to call in process."""
+    from whisper_at_jax.cli import convert
 
-    if "wat_convert_cli" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("wat_convert_cli", CONVERT)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules["wat_convert_cli"] = module
-    return sys.modules["wat_convert_cli"]
+    return convert
 
 
 # --------------------------------------------------------------------------------------------------------------

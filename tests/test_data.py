@@ -543,11 +543,8 @@ def test_cli_esc50_and_bad_input(tmp_path):
         rows.append(f"{i % 2 + 1}-{i}-A-{i % 2}.wav,{i % 2 + 1},{i % 2},{['dog', 'rain'][i % 2]},False,{i},A")
         _write_tone(audio / f"{i % 2 + 1}-{i}-A-{i % 2}.wav", i)
     (tmp_path / "meta.csv").write_text("\n".join(rows) + "\n")
-    sys.path.insert(0, os.path.join(REPO, "scripts"))
-    try:
-        import make_tfrecords
-    finally:
-        sys.path.pop(0)
+    from whisper_at_jax.cli import make_tfrecords
+
     rc = make_tfrecords.main(["--format", "esc50", "--csv", str(tmp_path / "meta.csv"), "--audio-dir", str(audio),
                               "--out", str(tmp_path / "out"), "--split", "fold1", "--folds", "1",
                               "--num-shards", "2", "--encoding", "pcm16", "-q"])

@@ -443,15 +443,10 @@ def test_only_hub_touches_the_network():
 
 
 def _script(name: str):
-    import importlib.util
+    """A command line's module (``scripts/NAME.py`` calls the same ``main``), to call in process."""
+    import importlib
 
-    key = f"wat_{name}_cli_dl"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, ROOT / "scripts" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[key] = module
-    return sys.modules[key]
+    return importlib.import_module(f"whisper_at_jax.cli.{name}")
 
 
 def test_cli_convert_by_name_with_audioset_head_and_list_models(served, tmp_path, capsys):

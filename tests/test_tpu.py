@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("libtpu")
 
-from configs import common  # noqa: E402
+from whisper_at_jax.configs import common  # noqa: E402
 from whisper_at_jax import augment, parallel, tpu, train as T  # noqa: E402
 from whisper_at_jax.api import compute_dtype  # noqa: E402
 from whisper_at_jax.heads import make_head  # noqa: E402

@@ -20,9 +20,8 @@ import pytest
 from flax.traverse_util import flatten_dict
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from configs import common  # noqa: E402
+from whisper_at_jax.configs import common  # noqa: E402
 from whisper_at_jax import augment as aug  # noqa: E402
 from whisper_at_jax import parallel  # noqa: E402
 from whisper_at_jax import train as T  # noqa: E402
@@ -516,7 +515,7 @@ def test_online_training_from_tfrecords_resumes_exports_and_evaluates(tiny_en, t
 FOUR_VS_ONE = r"""
 import json, sys
 import numpy as np, jax, jax.numpy as jnp
-from configs import common
+from whisper_at_jax.configs import common
 from whisper_at_jax import load_model, parallel, train as T
 from whisper_at_jax.heads import make_head
 from tests.test_train import make_sounds
