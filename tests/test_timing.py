@@ -193,7 +193,7 @@ def test_one_aligner_program_per_token_bucket(tiny_en, speech_window):
     """Windows of any length share the compiled forced pass (batched mode cuts every window to its own length)."""
     tok, features = speech_window
     text = tok.encode(" The quick brown fox jumps over the lazy dog.")
-    aligner = timing._aligner(tiny_en)
+    aligner = tiny_en.programs.aligner
     words = timing.find_alignment(tiny_en, tok, text, features, 2999)
     before = aligner._cache_size()
     for frames in (2600, 1802, 1000):
@@ -213,7 +213,7 @@ def test_accelerator_forced_length_gives_the_same_words(tiny_en, speech_window, 
                         " do for your country. The quick brown fox jumps over the lazy dog, again and again.")]
     on_cpu = [timing.find_alignment(tiny_en, tok, t, features, 2999) for t in texts]
     monkeypatch.setattr(timing, "_platform", lambda x: "gpu")
-    aligner = timing._aligner(tiny_en)
+    aligner = tiny_en.programs.aligner
     before = aligner._cache_size()
     padded = [timing.find_alignment(tiny_en, tok, t, features, 2999) for t in texts]
     assert aligner._cache_size() == before + 1  # both texts, one program

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from . import convert
 from .model import ModelDimensions, Whisper
+from .programs import Programs
 
 _DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16}
 
@@ -30,7 +31,8 @@ def compute_dtype(dtype: str | Any, devices: Any = None) -> Any:
 
 
 class WhisperModel:
-    """Whisper weights + tokenizer (+ an optional Whisper-AT head), with jit-compiled entry points.
+    """Whisper weights + tokenizer (+ an optional Whisper-AT head), and the model's compiled programs
+    (``model.programs``: every jitted function of this model, :mod:`whisper_at_jax.programs`).
 
     Params are plain pytrees (``model.params = {"encoder": ..., "decoder": ...}``, ``model.head_params``); the
     compute dtype (fp32 or bf16) is a property of the compiled functions, params stay fp32.
@@ -71,11 +73,10 @@ class WhisperModel:
         return self._tokenizer
 
     @functools.cached_property
-    def _encode_fn(self):
-        def encode(params, mel, return_layers):
-            return self.module.apply({"params": params}, mel, return_layers, method="encode")
-
-        return jax.jit(encode, static_argnums=2)
+    def programs(self) -> Programs:
+        """Every compiled program of this model (encoder, tag step sums and heads, decoder, word aligner):
+        :class:`whisper_at_jax.programs.Programs`, made on first use."""
+        return Programs(self.module)
 
     def encode(self, mel: Any, return_layers: bool = False):
         """mel [batch, n_mels, frames] or [n_mels, frames] -> final encoder states [batch, frames/2, d]
@@ -92,7 +93,7 @@ class WhisperModel:
                              f"got shape {tuple(mel.shape)}")
         if mel.shape[2] % 2 or mel.shape[2] > 2 * self.dims.n_audio_ctx:
             raise ValueError(f"mel has {mel.shape[2]} frames; need an even number <= {2 * self.dims.n_audio_ctx}")
-        out = self._encode_fn(self.params, mel, return_layers)
+        out = (self.programs.encode_layers if return_layers else self.programs.encode)(self.params, mel)
         if unbatched:
             out = jax.tree.map(lambda x: x[0], out)
         return out

@@ -14,30 +14,32 @@ What runs where:
   final ranking) on the host, because its semantics (dedup of equal sequences, insertion-ordered ties,
   early stop when every audio has enough finished candidates) are defined by Python data structures.
 
-The model is used only through ``model.module.apply({"params": model.params}, ..., method=...)`` with its
-``encode`` / ``init_cache`` / ``decode`` methods (the prefill captures the decoder's final LayerNorm output
-``decoder.ln`` so that it projects only the two rows it needs to the vocabulary).
+The device side is the model's :class:`whisper_at_jax.programs.DecoderPrograms` (``model.programs.decoder``): they
+use the model only through its ``encode`` / ``init_cache`` / ``decode`` methods (the prefill captures the
+decoder's final LayerNorm output ``decoder.ln`` so that it projects only the two rows it needs to the vocabulary).
+This module holds the host side and the on-device logit rules.
 """
 
 from __future__ import annotations
 
-import weakref
 import zlib
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .model import DecoderCache, tied_logits
 from .tokenizer import LANGUAGES, TO_LANGUAGE_CODE, Tokenizer, get_tokenizer
 
+if TYPE_CHECKING:
+    from .programs import DecoderPrograms
+
 CHUNK_LENGTH = 30  # seconds per window; timestamp precision is CHUNK_LENGTH / n_audio_ctx (0.02 s)
-# Initial tokens go through the decoder this many at a time (see _Programs.prefill; 448 = 14 * 32), or in one
-# chunk of _SHORT_PREFILL when there are no more (no prompt or prefix: the sot sequence is 1 to 4 tokens), where
-# 32 rows cost ~30% more prefill CPU time at 8 rows (measured) for nothing. So at most two prefill programs per
-# number of rows, whatever the prompt lengths.
+# Initial tokens go through the decoder this many at a time (programs.DecoderPrograms._prefill; 448 = 14 * 32), or
+# in one chunk of _SHORT_PREFILL when there are no more (no prompt or prefix: the sot sequence is 1 to 4 tokens),
+# where 32 rows cost more prefill time for nothing. So at most two prefill programs per number of rows, whatever the
+# prompt lengths.
 _PREFILL_CHUNK = 32
 _SHORT_PREFILL = 4
 
@@ -165,169 +167,13 @@ def _first_argmax(x: Array) -> Array:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Compiled programs, one set per model
+# Compiled programs: the model's (whisper_at_jax.programs.DecoderPrograms, their traced bodies)
 
 
-class _Programs:
-    """jit-compiled pieces for one model; params are arguments, so they are not baked into the programs."""
-
-    def __init__(self, module: Any, consts: _Consts):
-        self.consts = consts
-        self._embedding_src = self._embedding_t = None
-
-        def apply(params, *args, method):
-            return module.apply({"params": params}, *args, method=method)
-
-        def init_cache(params, features, n_group):
-            cache = apply(params, features, method="init_cache")
-            return cache.repeat_rows(n_group) if n_group > 1 else cache
-
-        def decode_states(params, tokens, cache, offset):
-            # the decoder's final LayerNorm output (captured) instead of its logits: the logits go unused,
-            # so XLA drops their [T, n_vocab] projection, and callers project only the rows they need
-            (_, cache), state = module.apply({"params": params}, tokens, cache, offset, method="decode",
-                                             capture_intermediates=lambda m, _: m.path == ("decoder", "ln"))
-            return state["intermediates"]["decoder"]["ln"]["__call__"][0], cache
-
-        def project(params, x, embedding_t=None):
-            # the decoder's output projection (tied token embedding, fp32), as TextDecoder applies it; with
-            # embedding_t, from the embedding's [d, V] copy (single-row decoding on CPU, see embedding_t below)
-            if embedding_t is not None:
-                return tied_logits(x, embedding_t, module.dtype, transposed=True)
-            return tied_logits(x, params["decoder"]["token_embedding"]["embedding"], module.dtype)
-
-        def prefill(params, features, init_tokens, n_init, sot_index, n_group, chunk_len):
-            # init_tokens [N, n_ctx]: the initial tokens, padded on the right to the text context, so that
-            # one program serves every prompt length (condition_on_previous_text changes it every window).
-            # They go through the decoder in fixed chunks of chunk_len tokens at positions
-            # start..start+C-1. A chunk's filler tokens (positions >= n_init) only write keys/values at
-            # positions that the sampling steps overwrite before any query sees them (the causal mask hides
-            # positions after the query's), so what sampling reads is the cache of an unpadded prefill.
-            cache = init_cache(params, features, n_group)
-            n, n_ctx = init_tokens.shape
-            c = min(chunk_len, n_ctx)
-
-            def chunk(j, state):
-                self_k, self_v, last, at_sot = state
-                # the last chunk is shifted back if it would run past the context: its overlap recomputes
-                # the same tokens at the same positions (only happens when n_ctx is not a multiple of c)
-                start = jnp.minimum(j * c, n_ctx - c)
-                toks = jax.lax.dynamic_slice_in_dim(init_tokens, start, c, axis=1)
-                x, new = decode_states(params, toks, DecoderCache(self_k, self_v, cache.cross_k, cache.cross_v),
-                                       start)
-
-                def keep(row, p):  # the states at position p, if this chunk holds it
-                    here = (start <= p) & (p < start + c)
-                    return jnp.where(here, jnp.take(x, jnp.clip(p - start, 0, c - 1), axis=1), row)
-
-                return new.self_k, new.self_v, keep(last, n_init - 1), keep(at_sot, sot_index)
-
-            x = jax.eval_shape(lambda: decode_states(params, init_tokens[:, :c], cache, 0)[0])
-            zeros = jnp.zeros((n, x.shape[-1]), x.dtype)
-            state = (cache.self_k, cache.self_v, zeros, zeros)
-            self_k, self_v, last, at_sot = jax.lax.fori_loop(0, (n_init + c - 1) // c, chunk, state)
-            no_speech = jax.nn.softmax(project(params, at_sot), axis=-1)[:, consts.no_speech]
-            return DecoderCache(self_k, self_v, cache.cross_k, cache.cross_v), project(params, last), no_speech
-
-        def detect(params, features, sot, language_mask):
-            cache = init_cache(params, features, 1)
-            tokens = jnp.full((features.shape[0], 1), sot, jnp.int32)
-            logits, _ = apply(params, tokens, cache, 0, method="decode")
-            logits = jnp.where(language_mask[None, :], logits[:, 0], -jnp.inf)
-            return jnp.argmax(logits, axis=-1), jax.nn.softmax(logits, axis=-1)
-
-        def select(logits, sampled, i, last, sum_logprobs, rules, key, temperature):
-            logits = _apply_rules(logits, sampled, i, rules, consts)
-            # greedy vs sampling is a traced choice, so temperature fallback reuses the same program
-            # (lax.cond runs one branch: greedy decoding draws no random numbers)
-            nxt = jax.lax.cond(
-                temperature > 0,
-                lambda: jax.random.categorical(jax.random.fold_in(key, i),
-                                               logits / jnp.maximum(temperature, 1e-30), axis=-1).astype(jnp.int32),
-                lambda: _first_argmax(logits))
-            logprobs = jax.nn.log_softmax(logits, axis=-1)
-            current = jnp.take_along_axis(logprobs, nxt[:, None], axis=1)[:, 0]
-            live = last != consts.eot
-            sum_logprobs = sum_logprobs + jnp.where(live, current, 0.0)
-            nxt = jnp.where(live, nxt, consts.eot).astype(jnp.int32)
-            sampled = jax.lax.dynamic_update_slice_in_dim(sampled, nxt[:, None], i, axis=1)
-            return sampled, sum_logprobs, nxt
-
-        def sample_loop(params, embedding_t, self_k, self_v, cross_k, cross_v, logits0, last_init, sample_begin,
-                        budget, rules, key, temperature, buffer_len):
-            n = logits0.shape[0]
-            sampled = jnp.full((n, buffer_len), consts.eot, jnp.int32)
-            sum_lp = jnp.zeros((n,), jnp.float32)
-            sampled, sum_lp, nxt = select(logits0, sampled, jnp.int32(0), last_init, sum_lp, rules, key,
-                                          temperature)
-
-            def cond(state):
-                i, _, _, nxt, _, _ = state
-                return (i < budget) & jnp.any(nxt != consts.eot)
-
-            def body(state):
-                # the cross-attention keys/values are loop-invariant: captured, not carried (no per-step copies)
-                i, sampled, sum_lp, nxt, self_k, self_v = state
-                cache = DecoderCache(self_k, self_v, cross_k, cross_v)
-                x, cache = decode_states(params, nxt[:, None], cache, sample_begin + i - 1)
-                logits = project(params, x[:, 0], embedding_t)
-                sampled, sum_lp, nxt = select(logits, sampled, i, nxt, sum_lp, rules, key, temperature)
-                return i + 1, sampled, sum_lp, nxt, cache.self_k, cache.self_v
-
-            state = (jnp.int32(1), sampled, sum_lp, nxt, self_k, self_v)
-            steps, sampled, sum_lp, _, _, _ = jax.lax.while_loop(cond, body, state)
-            return sampled, sum_lp, steps
-
-        def beam_first(logits0, sampled, rules, k):
-            logits = _apply_rules(logits0, sampled, jnp.int32(0), rules, consts)
-            return jax.lax.top_k(jax.nn.log_softmax(logits, axis=-1), k)
-
-        def reorder(x, source):
-            # row copies with dynamic slices: XLA CPU's generic gather is far slower on these large rows
-            return jnp.concatenate([jax.lax.dynamic_slice_in_dim(x, source[r], 1, axis=1)
-                                    for r in range(x.shape[1])], axis=1)
-
-        def beam_step(params, self_k, self_v, cross_k, cross_v, source, sampled, i, sample_begin, rules, k):
-            # reorder the self-attention cache to the surviving beams (cross-attention rows are the same
-            # within an audio's group, and beams never move across groups)
-            # (skipped when every beam keeps its own row, as openai-whisper skips it)
-            identity = jnp.all(source == jnp.arange(source.shape[0]))
-            self_k, self_v = jax.lax.cond(identity, lambda: (self_k, self_v),
-                                          lambda: (reorder(self_k, source), reorder(self_v, source)))
-            cache = DecoderCache(self_k, self_v, cross_k, cross_v)
-            tok = jnp.take(sampled, i - 1, axis=1)
-            logits, cache = apply(params, tok[:, None], cache, sample_begin + i - 1, method="decode")
-            logits = _apply_rules(logits[:, 0], sampled, i, rules, consts)
-            values, indices = jax.lax.top_k(jax.nn.log_softmax(logits, axis=-1), k)
-            return cache.self_k, cache.self_v, values, indices
-
-        self.transpose = jax.jit(lambda x: x.T)
-        self.prefill = jax.jit(prefill, static_argnames=("n_group", "chunk_len"))
-        self.detect = jax.jit(detect)
-        self.sample_loop = jax.jit(sample_loop, static_argnames=("buffer_len",))
-        # the self-attention cache is donated: updated in place instead of copied every step
-        self.beam_first = jax.jit(beam_first, static_argnames=("k",))
-        self.beam_step = jax.jit(beam_step, static_argnames=("k",), donate_argnums=(1, 2))
-
-    def embedding_t(self, params: dict) -> Array:
-        """The token embedding's [d, V] copy, made once per embedding array (a 51864 x d transpose: ~70 ms and
-        80 MB for tiny.en) and kept while the model keeps that array."""
-        emb = params["decoder"]["token_embedding"]["embedding"]
-        if self._embedding_src is not emb:
-            self._embedding_t, self._embedding_src = self.transpose(emb), emb
-        return self._embedding_t
-
-
-_PROGRAMS: "weakref.WeakKeyDictionary[Any, _Programs]" = weakref.WeakKeyDictionary()
-
-
-def _programs(model: Any, tokenizer: Tokenizer) -> _Programs:
-    progs = _PROGRAMS.get(model)
-    if progs is None or progs.consts.eot != tokenizer.eot:
-        consts = _Consts(tokenizer.eot, tokenizer.timestamp_begin, tokenizer.no_timestamps, tokenizer.no_speech)
-        progs = _Programs(model.module, consts)
-        _PROGRAMS[model] = progs
-    return progs
+def _programs(model: Any, tokenizer: Tokenizer) -> "DecoderPrograms":
+    """The model's decoder programs for ``tokenizer``'s special tokens."""
+    consts = _Consts(tokenizer.eot, tokenizer.timestamp_begin, tokenizer.no_timestamps, tokenizer.no_speech)
+    return model.programs.decoder(consts)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -534,7 +380,7 @@ class _Task:
                 temperature=opts.temperature, compression_ratio=compression_ratio(text)))
         return results
 
-    def _sample(self, progs: _Programs, cache: Any, logits0: Array, tokens: np.ndarray
+    def _sample(self, progs: "DecoderPrograms", cache: Any, logits0: Array, tokens: np.ndarray
                 ) -> tuple[list[list[list[int]]], list[list[float]]]:
         opts = self.options
         params = self.model.params
@@ -560,7 +406,7 @@ class _Task:
             lps.append(group_lp)
         return seqs, lps
 
-    def _beam_search(self, progs: _Programs, cache: Any, logits0: Array, tokens: np.ndarray
+    def _beam_search(self, progs: "DecoderPrograms", cache: Any, logits0: Array, tokens: np.ndarray
                      ) -> tuple[list[list[list[int]]], list[list[float]]]:
         opts, eot = self.options, self.tokenizer.eot
         beam = opts.beam_size

@@ -26,9 +26,9 @@ spectrogram (whisper-at's slicing), ``batch_size`` at a time over every device, 
 rows equal ``transcribe``'s wherever a decoder window is the same 30-s window (always the first window of a file
 longer than 30 s), and differ slightly elsewhere (other windows, other attention context for the same frames).
 
-This module also holds what ``tag`` shares with ``transcribe``: a model's compiled encoder programs (with and
-without taps), the padded spectrogram of a file, power-of-two batches on the mesh, the progress bar and
-:class:`TranscribeError`.
+This module also holds what ``tag`` shares with ``transcribe``: the padded spectrogram of a file, power-of-two
+batches on the mesh, the progress bar and :class:`TranscribeError`. The compiled programs (encoder, step sums,
+head) are the model's own: ``model.programs`` (:mod:`whisper_at_jax.programs`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from __future__ import annotations
 import math
 import sys
 import warnings
-import weakref
 from typing import Any, Callable, Iterable, Sequence
 
 import jax
@@ -45,7 +44,7 @@ import numpy as np
 
 from . import parallel
 from .audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, load_audio, log_mel_spectrogram
-from .heads import POOL_FACTOR, make_head
+from .heads import POOL_FACTOR
 from .labels import audioset_labels
 
 #: Mel frames per pooled step (20 encoder frames x 2 mel frames).
@@ -59,43 +58,11 @@ class TranscribeError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Compiled pieces, cached per model object (weakly: dropping the model frees them)
+# Compiled programs: the model's own (``model.programs``, whisper_at_jax.programs)
 
-class _Compiled:
-    def __init__(self, model: Any):
-        module = model.module
-
-        def encode(params, mel):
-            return module.apply({"params": params}, mel, method="encode")
-
-        def encode_layers(params, mel):
-            return module.apply({"params": params}, mel, True, method="encode")
-
-        self.encode = jax.jit(encode)
-        self.encode_layers = jax.jit(encode_layers)
-        self.step_sums = jax.jit(step_sums)
-        self.head_key = None
-        self.head_apply = None
-
-    def head(self, model: Any) -> Callable[[Any, Any], Any]:
-        cfg = model.head_config or {}
-        key = (cfg.get("mode"), id(model.head_params))
-        if self.head_apply is None or self.head_key != key:
-            head = make_head(cfg["mode"], model.dims.n_audio_layer, model.dims.n_audio_state, _n_classes(model))
-            self.head_apply = jax.jit(lambda hp, x: head.apply({"params": hp}, x))
-            self.head_key = key
-        return self.head_apply
-
-
-_COMPILED: "weakref.WeakKeyDictionary[Any, _Compiled]" = weakref.WeakKeyDictionary()
-
-
-def compiled(model: Any) -> _Compiled:
-    """The model's compiled encoder, step-sum and head programs (one set per model object)."""
-    c = _COMPILED.get(model)
-    if c is None:
-        c = _COMPILED[model] = _Compiled(model)
-    return c
+def compiled(model: Any) -> Any:
+    """The model's compiled programs (``model.programs``: encoder with and without taps, step sums, heads)."""
+    return model.programs
 
 
 def _n_classes(model: Any) -> int:
@@ -226,7 +193,7 @@ class TagRows:
         self.done_frames = 0  # every absolute encoder frame before this is final
         self.next_row = 0
         self.pending: tuple[Any, int] | None = None  # add_window's window, until the next one says what it gives
-        self.compiled = compiled(model)
+        self.programs = model.programs
 
     def add_batch(self, layers: Any, first: Sequence[int], take: Sequence[int],
                   put: Callable[[np.ndarray], Any] = jnp.asarray) -> None:
@@ -235,7 +202,7 @@ class TagRows:
         array [B] like ``layers`` (on the mesh)."""
         first = np.asarray(first, np.int32)
         take = np.asarray(take, np.int32)
-        sums = np.asarray(self.compiled.step_sums(layers, put(first % POOL_FACTOR), put(take)))
+        sums = np.asarray(self.programs.step_sums(layers, put(first % POOL_FACTOR), put(take)))
         for j in range(len(first)):
             self._add(sums[j], int(first[j]), int(take[j]))
 
@@ -293,7 +260,7 @@ class TagRows:
         upto = min(upto, self.n_rows)
         if upto <= self.next_row:
             return
-        head = self.compiled.head(self.model)
+        head = self.programs.head(self.model)
         hb = 16
         for s in range(self.next_row, upto, hb):
             idx = list(range(s, min(s + hb, upto)))
@@ -323,7 +290,7 @@ def tag(model: Any, audio: Any, *, at_time_res: float = 10, batch_size: int = 8,
     n_dev, sharding = mesh.devices.size, parallel.data_sharding(mesh)
     batch_size = -(-int(batch_size) // n_dev) * n_dev
     grid = TagRows(model, content_frames, at_time_res)
-    programs = compiled(model)
+    programs = model.programs
     n_windows = -(-content_frames // N_FRAMES)
     with progress(n_windows, "windows", verbose is not False) as pbar:
         for s in range(0, n_windows, batch_size):

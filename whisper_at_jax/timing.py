@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import weakref
 from typing import Any
 
 import jax
@@ -125,34 +124,23 @@ def _forced_length(n: int, n_text_ctx: int, platform: str) -> int:
     return min(-(-max(n, shortest) // _TOKEN_BUCKET) * _TOKEN_BUCKET, n_text_ctx)
 
 
-_ALIGNERS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
-
-
-def _aligner(model: Any):
-    """The jitted forced pass -> (probability of each next token [T], the alignment matrix [T, frames])."""
-    fn = _ALIGNERS.get(model)
-    if fn is None:
-        module = model.module
-
-        def run(params, ids, features, heads_layer, heads_head, n, frames, qk_scale, eot, medfilt_width):
-            logits, qk = module.apply({"params": params}, ids, features, method="decode_cross_logits")
-            # probability of the token at position r + 1 among the text tokens (ids below eot), from row r
-            probs = jax.nn.softmax(logits[0, :, :eot].astype(jnp.float32), axis=-1)
-            following = jnp.minimum(jnp.roll(ids[0], -1), eot - 1)
-            next_probs = jnp.take_along_axis(probs, following[:, None], axis=-1)[:, 0]
-            # over the window's first `frames` encoder frames only (its content); the rest is left undefined
-            qk = qk[heads_layer, 0, heads_head] * qk_scale
-            weights = jax.nn.softmax(jnp.where(jnp.arange(qk.shape[-1]) < frames, qk, -jnp.inf), axis=-1)
-            rows = (jnp.arange(ids.shape[1]) < n)[None, :, None]  # standardised over the real tokens only
-            mean = jnp.where(rows, weights, 0).sum(-2, keepdims=True) / n
-            std = jnp.sqrt(jnp.where(rows, jnp.square(weights - mean), 0).sum(-2, keepdims=True) / n)
-            weights = median_filter((weights - mean) / std, medfilt_width, frames)
-            return next_probs, weights.mean(axis=0)
-
-        # static: the vocabulary split and the filter width; token counts come in buckets, frames are traced
-        fn = jax.jit(run, static_argnames=("eot", "medfilt_width"))
-        _ALIGNERS[model] = fn
-    return fn
+def alignment_pass(module: Any, params: Any, ids: Any, features: Any, heads_layer: Any, heads_head: Any, n: Any,
+                   frames: Any, qk_scale: Any, eot: int, medfilt_width: int) -> tuple[Any, Any]:
+    """The forced pass of ``ids`` [1, T] over ``features`` -> (probability of each next token [T], the alignment
+    matrix [T, frames]); compiled as the model's ``programs.aligner``."""
+    logits, qk = module.apply({"params": params}, ids, features, method="decode_cross_logits")
+    # probability of the token at position r + 1 among the text tokens (ids below eot), from row r
+    probs = jax.nn.softmax(logits[0, :, :eot].astype(jnp.float32), axis=-1)
+    following = jnp.minimum(jnp.roll(ids[0], -1), eot - 1)
+    next_probs = jnp.take_along_axis(probs, following[:, None], axis=-1)[:, 0]
+    # over the window's first `frames` encoder frames only (its content); the rest is left undefined
+    qk = qk[heads_layer, 0, heads_head] * qk_scale
+    weights = jax.nn.softmax(jnp.where(jnp.arange(qk.shape[-1]) < frames, qk, -jnp.inf), axis=-1)
+    rows = (jnp.arange(ids.shape[1]) < n)[None, :, None]  # standardised over the real tokens only
+    mean = jnp.where(rows, weights, 0).sum(-2, keepdims=True) / n
+    std = jnp.sqrt(jnp.where(rows, jnp.square(weights - mean), 0).sum(-2, keepdims=True) / n)
+    weights = median_filter((weights - mean) / std, medfilt_width, frames)
+    return next_probs, weights.mean(axis=0)
 
 
 def find_alignment(model: Any, tokenizer: Any, text_tokens: list[int], features: Any, num_frames: int, *,
@@ -171,7 +159,7 @@ def find_alignment(model: Any, tokenizer: Any, text_tokens: list[int], features:
     ids[0, :n] = tokens
     layer_idx, head_idx = np.nonzero(alignment_heads(model))
     frames = num_frames // 2
-    next_probs, matrix = _aligner(model)(
+    next_probs, matrix = model.programs.aligner(
         model.params, jnp.asarray(ids), features, jnp.asarray(layer_idx), jnp.asarray(head_idx),
         jnp.asarray(n, jnp.int32), jnp.asarray(frames, jnp.int32), jnp.asarray(qk_scale, jnp.float32),
         eot=int(tokenizer.eot), medfilt_width=medfilt_width)

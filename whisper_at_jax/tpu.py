@@ -452,7 +452,10 @@ class _ModelShape:
     """What the library's program builders read from a model (its module and dimensions), without weights."""
 
     def __init__(self, module: Any, dims: Any):
+        from .programs import Programs
+
         self.module, self.dims, self.whisper_meta = module, dims, {}
+        self.programs = Programs(module)
 
 
 def inference_programs(dims: Any, topology: str, per_chip_batch: int = 8, dtype: str = "bfloat16",
@@ -465,10 +468,9 @@ def inference_programs(dims: Any, topology: str, per_chip_batch: int = 8, dtype:
 
     from .api import compute_dtype
     from .audio import N_FRAMES
-    from .decoding import _SHORT_PREFILL, _Consts, _Programs, _Rules
+    from .decoding import _SHORT_PREFILL, _Consts, _Rules
     from .heads import make_head
     from .model import Whisper, param_shapes
-    from .tagging import _Compiled
 
     mesh = topology_mesh(topology)
     chips = mesh.devices.size
@@ -480,7 +482,7 @@ def inference_programs(dims: Any, topology: str, per_chip_batch: int = 8, dtype:
 
     model = _ModelShape(Whisper(dims, dtype=compute_dtype(dtype)), dims)
     params = jax.tree.map(lambda a: sds(a.shape, a.dtype, rep), param_shapes(dims))
-    enc = _Compiled(model)
+    enc = model.programs
     mel = sds((b, dims.n_mels, N_FRAMES))
     features, layers = jax.eval_shape(enc.encode_layers, params, mel)
     feats = sds(features.shape, features.dtype)
@@ -488,10 +490,10 @@ def inference_programs(dims: Any, topology: str, per_chip_batch: int = 8, dtype:
     head_params = jax.tree.map(lambda a: sds(a.shape, a.dtype, rep),
                                jax.eval_shape(lambda: head.init(jax.random.PRNGKey(0), jnp.zeros(
                                    (1, dims.n_audio_layer, 25, dims.n_audio_state)))["params"]))
-    head_apply = jax.jit(lambda hp, x: head.apply({"params": hp}, x))
+    head_apply = model.programs.head_for(head_mode, n_classes)
     # token ids only pick rows of the logits: any ids inside the vocabulary give the same programs
     eot = dims.n_vocab - 1600
-    progs = _Programs(model.module, _Consts(eot, eot + 8, eot + 6, eot + 5))
+    progs = model.programs.decoder(_Consts(eot, eot + 8, eot + 6, eot + 5))
     v, n_ctx = dims.n_vocab, dims.n_text_ctx
     scalar = lambda dt=jnp.int32: sds((), dt, rep)  # noqa: E731
     prefill_static = {"n_group": 1, "chunk_len": _SHORT_PREFILL}
@@ -531,14 +533,14 @@ def _aligner_report(model: Any, params: Any, dims: Any, topology: str, chips: in
     """The word aligner's forced pass: one window at a time (as transcription runs it), replicated."""
     import jax.numpy as jnp
 
-    from .timing import _ACCELERATOR_FORCED_TOKENS, _aligner, alignment_heads
+    from .timing import _ACCELERATOR_FORCED_TOKENS, alignment_heads
 
     rep = jax.tree.leaves(params)[0].sharding
     heads = np.argwhere(alignment_heads(model))
     sds = lambda shape, dt=jnp.int32: jax.ShapeDtypeStruct(shape, dt, sharding=rep)  # noqa: E731
     args = (params, sds((1, _ACCELERATOR_FORCED_TOKENS)), sds((1, dims.n_audio_ctx, dims.n_audio_state), jnp.float32),
             sds((len(heads),)), sds((len(heads),)), sds(()), sds(()), sds((), jnp.float32))
-    r = compile_report("aligner", _aligner(model), args, topology,
+    r = compile_report("aligner", model.programs.aligner, args, topology,
                        static={"eot": dims.n_vocab - 1600, "medfilt_width": 7})
     r.update(chips=chips, windows=1)
     return [r]
