@@ -61,6 +61,20 @@ def test_cpu_program_equals_batched(tiny, frames):
     assert _rel(final, looped[0]) <= TOL and _rel(layers, looped[1]) <= TOL
 
 
+def test_the_model_owns_its_encoder_programs(tiny):
+    """``model.encode``, ``tag`` and ``transcribe`` run the same compiled programs, the model's ``programs``: one
+    compile per input shape serves all of them."""
+    from whisper_at_jax import tagging
+
+    assert tagging.compiled(tiny) is tiny.programs
+    mel = _mel(1, 200)[0]  # unbatched: encode adds the batch axis
+    before = tiny.programs.encode_layers._cache_size()
+    final, layers = tiny.encode(mel, return_layers=True)
+    again = tiny.programs.encode_layers(tiny.params, jnp.asarray(mel[None]))
+    assert tiny.programs.encode_layers._cache_size() == before + 1
+    np.testing.assert_array_equal(np.asarray(final), np.asarray(again[0])[0])
+
+
 def test_cpu_program_row_block_sizes(tiny):
     """Any row block size (a divisor of T, a non-divisor, one larger than T) gives the same result."""
     params = tiny.params["encoder"]

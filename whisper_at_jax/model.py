@@ -113,7 +113,7 @@ def matmul_precision(dtype: Any) -> jax.lax.Precision:
     """The precision of every matmul and convolution computing in ``dtype``.
 
     float32 compute means float32 products on every backend: XLA's DEFAULT is TF32 on NVIDIA GPUs (a single bf16
-    pass on TPUs), which moves fp32 encoder states far from the CPU's (docs/benchmarks.md, GPU section). bf16 compute
+    pass on TPUs), which moves fp32 encoder states far from the CPU's (docs/benchmarks.md, "GPU"). bf16 compute
     keeps DEFAULT. On CPU both are exact float32, so the CPU pays nothing.
     """
     return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else jax.lax.Precision.DEFAULT
@@ -167,7 +167,7 @@ def tied_logits(x: Array, embedding: Array, dtype: Any, *, transposed: bool = Fa
 
 
 # Long self-attention (encoder: 1500 frames) runs in query blocks so the [H, block, keys] scores stay in cache
-# (faster on CPU: docs/benchmarks.md, "Encoder"); each query row's softmax is independent, so the result is the same.
+# (faster on CPU: docs/design.md); each query row's softmax is independent, so the result is the same.
 _QUERY_BLOCK = 250
 
 
@@ -359,7 +359,7 @@ BLOCK0_K_CHUNK = 128
 
 # The CPU schedule keeps live buffers small (buffers over glibc's mmap threshold are page-faulted on every call):
 # MLP rows in blocks of CPU_ENCODER_ROWS, attention one head at a time in blocks of CPU_ATTENTION_QUERIES
-# queries. Sizes and timings: docs/benchmarks.md ("Encoder").
+# queries. Why and the sizes tried: docs/design.md and docs/benchmarks.md ("Tried and not kept").
 CPU_ENCODER_ROWS = 500
 CPU_ATTENTION_QUERIES = 500
 
@@ -423,23 +423,15 @@ class AudioEncoder(nn.Module):
 
 class EncoderPieces:
     """An :class:`AudioEncoder`'s pieces (``stem``, ``block_attention``, ``block_mlp``, ``post``) as pure functions
-    of its param subtree, each an ``apply`` of that piece: a schedule can run them inside ``lax.map``."""
+    of its param subtree, each an ``apply`` of that method: a schedule can run them inside ``lax.map``."""
 
     def __init__(self, encoder: AudioEncoder, params: Params):
-        self.n_layer = encoder.n_layer
-        self._apply = functools.partial(encoder.apply, {"params": params})
+        self.n_layer, self._encoder, self._params = encoder.n_layer, encoder, params
 
-    def stem(self, mel: Array) -> Array:
-        return self._apply(mel, method="stem")
-
-    def block_attention(self, i: int, x: Array, attend: Callable[..., Array] | None = None) -> Array:
-        return self._apply(i, x, attend, method="block_attention")
-
-    def block_mlp(self, i: int, x: Array) -> Array:
-        return self._apply(i, x, method="block_mlp")
-
-    def post(self, x: Array) -> Array:
-        return self._apply(x, method="post")
+    def __getattr__(self, piece: str) -> Callable[..., Array]:
+        if piece not in ("stem", "block_attention", "block_mlp", "post"):
+            raise AttributeError(piece)
+        return functools.partial(self._encoder.apply, {"params": self._params}, method=piece)
 
 
 def encoder_pieces(params: Params, n_head: int, dtype: Any = jnp.float32) -> EncoderPieces:
@@ -492,13 +484,9 @@ def encode_per_item(enc: EncoderPieces, mel: Array, rows: int = CPU_ENCODER_ROWS
 
 class DecoderCache(NamedTuple):
     """Decoder state for incremental decoding, head-major: the self-attention keys/values stacked over layers,
-    [L, B, H, ctx, hd] (ctx = n_text_ctx), and the cross-attention ones as one [B, H, S, hd] array per layer (S audio
-    frames).
-
-    The cross-attention arrays are per layer because XLA CPU copies a layer's slice of a stack before the attention
-    reads it: 2.3 MB per layer and per token for tiny.en, ~1.9 ms of a ~12 ms decoding step. The self-attention
-    cache stays stacked: it is updated in place every step, and per-layer arrays there made XLA copy them inside
-    the decoding loop instead.
+    [L, B, H, ctx, hd] (ctx = n_text_ctx), updated in place every step, and the cross-attention ones as one
+    [B, H, S, hd] array per layer (S audio frames), which XLA CPU reads without copying a slice of a stack
+    (docs/benchmarks.md, "Tried and not kept").
     """
 
     self_k: Array
@@ -598,7 +586,7 @@ class Whisper(nn.Module):
 
 def _init_inputs(dims: ModelDimensions) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
     # Two mel frames (one encoder frame): the params do not depend on the input's length (the encoder slices its
-    # positional table), and tracing init over a 30-s window took 0.8 s for tiny.en instead of 0.4 s, on every load.
+    # positional table), and a short trace keeps every load's init fast.
     return (jax.ShapeDtypeStruct((1, dims.n_mels, 2), jnp.float32), jax.ShapeDtypeStruct((1, 1), jnp.int32))
 
 
