@@ -5,7 +5,7 @@ runs), GFLOP/s on the same operands.
     taskset -c 0 python benchmarks/cpu_gemm.py     # one core
 
 Most of the encoder's time is these products (tiny.en, 30-s window: ~37 GFLOP). The shapes are those of the CPU
-encoder program (model._encoder_forward_cpu): a 500-row block through the q/k/v/out projections and the MLP, and
+encoder schedule (model.encode_per_item): a 500-row block through the q/k/v/out projections and the MLP, and
 one head's 500-query block of attention (scores, then weights x values): ``jnp.dot`` at ``Precision.HIGHEST``
 inside ``jax.jit`` against ``torch.matmul`` on the same operands. Product micro-benchmarks on 2 shared cores move by
 10-20% from run to run (thread wake-ups, the other library's spinning threads); quote the ratios' range over runs.

@@ -58,9 +58,9 @@ def main() -> None:
     ref = model.to_openai_whisper()
     ref64 = copy.deepcopy(ref).double()
     params, n_head = model.params["encoder"], model.dims.n_audio_head
-    block_fns = [jax.jit(lambda x, b=b: M._block_mlp(params[f"blocks_{b}"], M._block_attention(
-        params[f"blocks_{b}"], x, n_head, jnp.float32, M._attend_per_head, b < M.CAREFUL_BLOCKS), jnp.float32,
-        b < M.CAREFUL_BLOCKS)) for b in range(model.dims.n_audio_layer)]
+    pieces = M.encoder_pieces(params, n_head, jnp.float32)  # the CPU schedule's pieces, one block at a time
+    block_fns = [jax.jit(lambda x, b=b: pieces.block_mlp(b, pieces.block_attention(b, x, M._attend_per_head)))
+                 for b in range(model.dims.n_audio_layer)]
     finals, per_block = [], []
     for name, audio in _inputs(args.esc50, args.clips).items():
         mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(audio)), n_mels=model.dims.n_mels)[None]

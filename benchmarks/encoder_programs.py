@@ -10,7 +10,6 @@ import os
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 
@@ -26,7 +25,7 @@ def main() -> None:
     m = wat.load_model("tiny.en", at_head=False)
     mel = np.random.default_rng(0).standard_normal((batch, 80, 3000)).astype(np.float32)
     mel_j, mel_t = jax.device_put(mel), torch.from_numpy(mel)
-    batched = jax.jit(lambda p, x: M._encoder_forward(p["encoder"], x, m.dims.n_audio_head, jnp.float32)[0])
+    batched = jax.jit(lambda p, x: M.encode_batched(M.encoder_pieces(p["encoder"], m.dims.n_audio_head), x)[0])
     ref = m.to_openai_whisper()
 
     def torch_run():
