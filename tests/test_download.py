@@ -28,7 +28,7 @@ from whisper_at_jax import convert as convert_pkg
 from whisper_at_jax import hub
 from whisper_at_jax.convert import CheckpointError, params_to_state_dict, resolve
 from flax.traverse_util import flatten_dict
-from whisper_at_jax.tagging import TranscribeError
+from whisper_at_jax.options import TranscribeError
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_PREFIX = "/main/whisper/models"

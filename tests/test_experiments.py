@@ -54,8 +54,7 @@ def test_scripts_only_call_their_cli_module(path: Path) -> None:
     ({"threshold": 1.0}, "threshold is a probability in (0, 1)", "--threshold is a probability in (0, 1)"),
 ])
 def test_one_rule_two_spellings(options: dict, library: str, cli: str) -> None:
-    from whisper_at_jax.options import OptionError, check_options, flag
-    from whisper_at_jax.tagging import TranscribeError
+    from whisper_at_jax.options import OptionError, TranscribeError, check_options, flag
 
     with pytest.raises(OptionError) as e:
         check_options(**options)

@@ -225,7 +225,7 @@ def test_accelerator_forced_length_gives_the_same_words(tiny_en, speech_window, 
 
 
 def test_word_timestamps_options(tiny_en, speech):
-    with pytest.raises(TranscribeError, match="hallucination_silence_threshold is only supported in sequential"):
+    with pytest.raises(TranscribeError, match="hallucination_silence_threshold needs mode sequential"):
         tiny_en.transcribe(speech, word_timestamps=True, hallucination_silence_threshold=2.0, mode="batched")
     with pytest.raises(TranscribeError, match="hallucination_silence_threshold needs word_timestamps"):
         tiny_en.transcribe(speech, hallucination_silence_threshold=2.0)

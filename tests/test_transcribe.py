@@ -523,7 +523,8 @@ def test_fallback_reuses_encoder_and_never_reruns_head(at_pair, speech, monkeypa
 
 @pytest.mark.parametrize("bad", [1.0, 0.3, 0, -0.4, float("nan"), "10", True])
 def test_at_time_res_validation(at_pair, speech, bad):
-    from whisper_at_jax.tagging import TranscribeError, tag
+    from whisper_at_jax.options import TranscribeError
+    from whisper_at_jax.tagging import tag
 
     with pytest.raises(TranscribeError, match="at_time_res"):
         tag(at_pair[0], speech, at_time_res=bad)

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from whisper_at_jax.tagging import TranscribeError
+import numpy as np
 
 #: Options that only mean something with word timestamps, in the order they are checked.
 WORD_OPTIONS = ("hallucination_silence_threshold", "highlight_words", "max_line_width", "max_line_count",
                 "max_words_per_line", "prepend_punctuations", "append_punctuations")
 #: Writer options that are counts (>= 1 when given).
 COUNT_OPTIONS = ("max_line_width", "max_line_count", "max_words_per_line")
+
+
+class TranscribeError(ValueError):
+    """Bad arguments to ``transcribe`` / ``tag`` (named in the message)."""
 
 
 class OptionError(TranscribeError):
@@ -27,13 +31,18 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _positive(value: Any) -> bool:
-    return value is None or value >= 1
+def check_count(value: Any, name: str) -> None:
+    """A count option (``name`` as the caller spells it): an integer >= 1, or None (not given)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise OptionError(f"{name} must be an integer, got {value!r}")
+    if value < 1:
+        raise OptionError(f"{name} must be >= 1")
 
 
 def _check_decoding(o: dict, s: Callable[[str], str]) -> None:
-    if not _positive(o.get("beam_size")):
-        raise OptionError(f"{s('beam_size')} must be >= 1")
+    check_count(o.get("beam_size"), s("beam_size"))
     patience = o.get("patience")
     if patience is not None and o.get("beam_size") is None:
         raise OptionError(f"{s('patience')} needs {s('beam_size')}")
@@ -52,6 +61,8 @@ def _check_decoding(o: dict, s: Callable[[str], str]) -> None:
 def _check_long_form(o: dict, s: Callable[[str], str]) -> None:
     from whisper_at_jax.transcribe import parse_clip_timestamps
 
+    if o.get("mode", "sequential") not in ("sequential", "batched"):
+        raise OptionError(f"{s('mode')} must be 'sequential' or 'batched', got {o['mode']!r}")
     sequential = o.get("mode", "sequential") == "sequential"
     try:
         clips = parse_clip_timestamps(o.get("clip_timestamps", "0"))
@@ -68,14 +79,13 @@ def _check_long_form(o: dict, s: Callable[[str], str]) -> None:
     elif not sequential and o.get("hallucination_silence_threshold") is not None:
         raise OptionError(f"{s('hallucination_silence_threshold')} needs {s('mode')} sequential")
     for name in COUNT_OPTIONS:
-        if not _positive(o.get(name)):
-            raise OptionError(f"{s(name)} must be >= 1")
+        check_count(o.get(name), s(name))
 
 
 def check_options(spell: Callable[[str], str] = str, **options: Any) -> None:
     """Check the options given (by their Python names; those left out take their defaults), in this order:
 
-    - ``batch_size``, ``top_k`` >= 1; ``threshold`` a probability in (0, 1);
+    - ``batch_size``, ``top_k`` integers >= 1; ``threshold`` a probability in (0, 1);
     - decoding: ``beam_size`` >= 1, ``patience`` only with ``beam_size`` and their product >= 1, ``length_penalty``
       in [0, 1], ``suppress_tokens`` comma-separated integers;
     - long form: ``clip_timestamps`` valid (:func:`whisper_at_jax.transcribe.parse_clip_timestamps`) and only in
@@ -88,8 +98,7 @@ def check_options(spell: Callable[[str], str] = str, **options: Any) -> None:
     """
     s = spell
     for name in ("batch_size", "top_k"):
-        if not _positive(options.get(name)):
-            raise OptionError(f"{s(name)} must be >= 1")
+        check_count(options.get(name), s(name))
     threshold = options.get("threshold")
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise OptionError(f"{s('threshold')} is a probability in (0, 1)")

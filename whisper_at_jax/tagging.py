@@ -27,7 +27,7 @@ rows equal ``transcribe``'s wherever a decoder window is the same 30-s window (a
 longer than 30 s), and differ slightly elsewhere (other windows, other attention context for the same frames).
 
 This module also holds what ``tag`` shares with ``transcribe``: the padded spectrogram of a file, power-of-two
-batches on the mesh, the progress bar and :class:`TranscribeError`. The compiled programs (encoder, step sums,
+batches on the mesh and the progress bar. The compiled programs (encoder, step sums,
 head) are the model's own: ``model.programs`` (:mod:`whisper_at_jax.programs`).
 """
 
@@ -46,15 +46,12 @@ from . import parallel
 from .audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, load_audio, log_mel_spectrogram
 from .heads import POOL_FACTOR
 from .labels import audioset_labels
+from .options import TranscribeError, check_count
 
 #: Mel frames per pooled step (20 encoder frames x 2 mel frames).
 FRAMES_PER_STEP = 2 * POOL_FACTOR
 #: Seconds per pooled step: 0.4.
 STEP_SECONDS = FRAMES_PER_STEP * HOP_LENGTH / SAMPLE_RATE
-
-
-class TranscribeError(ValueError):
-    """Bad arguments to ``transcribe`` / ``tag`` (named in the message)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -110,11 +107,6 @@ def progress(total: int, unit: str, disable: bool, desc: str | None = None):
 
         return _Null()
     return tqdm(total=total, unit=unit, disable=disable, desc=desc, file=sys.stderr, leave=False)
-
-
-def check_batch_size(batch_size: Any) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise TranscribeError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -284,7 +276,7 @@ def tag(model: Any, audio: Any, *, at_time_res: float = 10, batch_size: int = 8,
     ``transcribe(..., at_time_res=...)``, from fixed 30-s windows encoded ``batch_size`` at a time over every
     device (see the module docstring). ``audio_tag`` is float32 logits ``[ceil(duration / at_time_res), n_classes]``."""
     check_tags(model, at_time_res)
-    check_batch_size(batch_size)
+    check_count(batch_size, "batch_size")
     mel, content_frames = load_mel(model, audio)
     mesh = parallel.make_mesh()
     n_dev, sharding = mesh.devices.size, parallel.data_sharding(mesh)
@@ -370,8 +362,7 @@ def parse_at_label(result: dict, top_k: int = 5, p_threshold: float = -1.0,
     if audio_tag.ndim != 2:
         raise ValueError(f"audio_tag must be [rows, classes], got shape {audio_tag.shape}")
     n_classes = audio_tag.shape[1]
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    check_count(top_k, "top_k")
     k = min(int(top_k), n_classes)
     names = _label_names(result, n_classes, labels)
     allowed = None if include_class_list is None else {int(i) for i in include_class_list}

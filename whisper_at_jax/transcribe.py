@@ -46,7 +46,8 @@ from .audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE
 from .decoding import DecodingOptions, DecodingResult, decode, detect_language
 from .outputs import format_timestamp
 # the windows of a file and a model's encoder programs, shared with tag(); the tag branch itself is tagging.TagRows
-from .tagging import TranscribeError, bucket, check_batch_size, compiled, load_mel, progress, put_batch
+from .options import TranscribeError, check_options
+from .tagging import bucket, compiled, load_mel, progress, put_batch
 from .tokenizer import LANGUAGES, get_tokenizer
 from .timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS, add_word_timestamps, get_end, skip_hallucinations
 
@@ -255,18 +256,13 @@ def transcribe(model: Any, audio: Any, *, verbose: bool | None = None,
         whisper_at_jax.audio.AudioError: unreadable/empty file, NaN or infinite samples.
         TranscribeError: bad options (unknown names, ``at_time_res`` not a multiple of 0.4, no head, ...).
     """
-    if mode not in ("sequential", "batched"):
-        raise TranscribeError(f"mode must be 'sequential' or 'batched', got {mode!r}")
+    # the long-form rules are the command line's (options.py); decoding options are checked as openai-whisper
+    # checks them, when the decoder is built
+    check_options(mode=mode, clip_timestamps=clip_timestamps, word_timestamps=word_timestamps,
+                  hallucination_silence_threshold=hallucination_silence_threshold, batch_size=batch_size)
     clip_timestamps = parse_clip_timestamps(clip_timestamps)
-    if mode == "batched" and clip_timestamps not in ([], [0.0]):
-        raise TranscribeError("clip_timestamps is only supported in sequential mode")
-    if hallucination_silence_threshold is not None and not word_timestamps:
-        raise TranscribeError("hallucination_silence_threshold needs word_timestamps=True")
-    if mode == "batched" and hallucination_silence_threshold is not None:
-        raise TranscribeError("hallucination_silence_threshold is only supported in sequential mode")
     if word_timestamps and decode_options.get("task") == "translate":
         warnings.warn("word-level timestamps on translations may not be reliable", stacklevel=2)
-    check_batch_size(batch_size)
     decode_options = dict(decode_options)
     _check_decode_options(decode_options)
     temperatures = _temperatures(temperature)

@@ -191,7 +191,8 @@ def _load(args: argparse.Namespace):
     """(model, whether tags are made) or an exit status, with the error printed."""
     import whisper_at_jax as wat
     from whisper_at_jax.convert import CheckpointError
-    from whisper_at_jax.tagging import TranscribeError, at_time_res_steps
+    from whisper_at_jax.options import TranscribeError
+    from whisper_at_jax.tagging import at_time_res_steps
 
     t0 = time.perf_counter()
     try:
@@ -203,7 +204,8 @@ def _load(args: argparse.Namespace):
         return 2
     has_head = getattr(model, "head_params", None) is not None
     if args.tags_only and not has_head:
-        print("error: --tags-only needs a Whisper-AT head (--head PATH, or --head audioset with a model name)", file=sys.stderr)
+        print("error: --tags-only needs a Whisper-AT head (--head PATH, or --head audioset with a model name)",
+              file=sys.stderr)
         return 2
     want_tags = has_head and not args.no_tags
     try:
@@ -268,7 +270,8 @@ def _run(args: argparse.Namespace, model, want_tags: bool, options: dict) -> int
     from whisper_at_jax.audio import AudioError
     from whisper_at_jax.jobs import EXIT_RESUMABLE, StopRequest, split_done
     from whisper_at_jax.outputs import get_writer
-    from whisper_at_jax.tagging import TranscribeError, tag
+    from whisper_at_jax.options import TranscribeError
+    from whisper_at_jax.tagging import tag
     from whisper_at_jax.transcribe import transcribe
 
     writer = get_writer(args.output_format, args.output_dir)
