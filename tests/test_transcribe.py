@@ -347,9 +347,7 @@ def reference_block_outputs(ref, mel_window: np.ndarray):
 
 def decoder_windows(monkeypatch, model) -> list:
     """Spy on the one encoder pass per decoder window: every mel window our transcribe encodes (with layers)."""
-    from whisper_at_jax import tagging
-
-    compiled = tagging.compiled(model)
+    compiled = model.programs
     real, seen = compiled.encode_layers, []
     monkeypatch.setattr(compiled, "encode_layers", lambda p, mel: (seen.extend(np.asarray(mel)), real(p, mel))[1])
     return seen
@@ -489,10 +487,9 @@ def test_tag_batch_sizes_agree(at_pair, tag_audio):
 
 def test_fallback_reuses_encoder_and_never_reruns_head(at_pair, speech, monkeypatch):
     import whisper_at_jax.transcribe as tr
-    from whisper_at_jax import tagging
 
     ours, _ = at_pair
-    compiled = tagging.compiled(ours)
+    compiled = ours.programs
     counts = {"encode": 0, "head": 0}
     for name in ("encode", "encode_layers"):
         fn = getattr(compiled, name)

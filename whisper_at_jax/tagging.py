@@ -57,11 +57,6 @@ STEP_SECONDS = FRAMES_PER_STEP * HOP_LENGTH / SAMPLE_RATE
 # ---------------------------------------------------------------------------------------------------------------
 # Compiled programs: the model's own (``model.programs``, whisper_at_jax.programs)
 
-def compiled(model: Any) -> Any:
-    """The model's compiled programs (``model.programs``: encoder with and without taps, step sums, heads)."""
-    return model.programs
-
-
 def _n_classes(model: Any) -> int:
     cfg = model.head_config or {}
     return int(cfg.get("n_classes") or np.shape(model.head_params["mlp_layer_1"]["bias"])[0])

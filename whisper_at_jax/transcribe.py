@@ -47,7 +47,7 @@ from .decoding import DecodingOptions, DecodingResult, decode, detect_language
 from .outputs import format_timestamp
 # the windows of a file and a model's encoder programs, shared with tag(); the tag branch itself is tagging.TagRows
 from .options import TranscribeError, check_options
-from .tagging import bucket, compiled, load_mel, progress, put_batch
+from .tagging import bucket, load_mel, progress, put_batch
 from .tokenizer import LANGUAGES, get_tokenizer
 from .timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS, add_word_timestamps, get_end, skip_hallucinations
 
@@ -305,7 +305,7 @@ def _detect(model: Any, features: Any, verbose: bool | None) -> str:
 def _sequential(model: Any, mel: np.ndarray, content_frames: int, *, verbose, temperatures, compression_ratio_threshold,
                 logprob_threshold, no_speech_threshold, condition_on_previous_text, initial_prompt,
                 carry_initial_prompt, clip_timestamps, decode_options, tags, words) -> dict:
-    programs = compiled(model)
+    programs = model.programs
     params = model.params
     dims = model.dims
 
@@ -466,7 +466,7 @@ def window_bounds(mel: np.ndarray, content_frames: int, search_frames: int = 500
 def _batched(model: Any, mel: np.ndarray, content_frames: int, *, verbose, temperatures, compression_ratio_threshold,
              logprob_threshold, no_speech_threshold, initial_prompt, decode_options, tags, batch_size,
              sharding, words) -> dict:
-    programs = compiled(model)
+    programs = model.programs
     params = model.params
     dims = model.dims
     n_dev, shard = sharding
