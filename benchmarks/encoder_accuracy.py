@@ -19,7 +19,6 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))  # the float64 reference of tests/test_model_parity.py
 
 import numpy as np  # noqa: E402
 
@@ -49,10 +48,10 @@ def main() -> None:
     import jax.numpy as jnp
     import torch
     import whisper
-    from test_model_parity import _torch_encoder_layers, float64_layer_norm
 
     import whisper_at_jax as wat
     from whisper_at_jax import model as M
+    from whisper_at_jax.convert.openai import float64_layer_norm, openai_encoder_layers
 
     model = wat.load_model(args.model, at_head=False)
     ref = model.to_openai_whisper()
@@ -65,9 +64,9 @@ def main() -> None:
     for name, audio in _inputs(args.esc50, args.clips).items():
         mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(audio)), n_mels=model.dims.n_mels)[None]
         final, _ = model.encode(mel.numpy(), return_layers=True)
-        _, theirs_final = _torch_encoder_layers(ref, mel)
+        _, theirs_final = openai_encoder_layers(ref, mel)
         with float64_layer_norm(), torch.no_grad():
-            layers64, final64 = _torch_encoder_layers(ref64, mel.double())
+            layers64, final64 = openai_encoder_layers(ref64, mel.double())
             iso64 = [ref64.encoder.blocks[b](torch.from_numpy(layers64[b - 1].astype(np.float32)).double()).numpy()
                      for b in range(1, len(layers64))] if name == "speech" else []
         finals.append({"input": name, "ours": f"{np.abs(np.asarray(final) - final64).max():.2e}",

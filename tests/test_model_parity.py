@@ -18,13 +18,13 @@ Tolerances (fp32 on CPU):
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from typing import Iterator
 
 import numpy as np
 import pytest
 import torch
+
+from whisper_at_jax.convert.openai import float64_layer_norm, openai_encoder_layers
 
 pytestmark = pytest.mark.isa_sensitive
 
@@ -39,46 +39,17 @@ def _mel(audio: np.ndarray, n_mels: int) -> np.ndarray:
     return whisper.log_mel_spectrogram(audio, n_mels=n_mels).numpy()[None]
 
 
-def _torch_encoder_layers(ref, mel: torch.Tensor) -> tuple[list[np.ndarray], np.ndarray]:
-    """openai-whisper's encoder forward, unrolled to expose each block output; the position table is sliced to
-    the input length the way Whisper-AT's training features were computed."""
-    enc = ref.encoder
-    with torch.no_grad():
-        x = torch.nn.functional.gelu(enc.conv1(mel))
-        x = torch.nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)
-        x = x + enc.positional_embedding[: x.shape[1]]
-        layers = []
-        for block in enc.blocks:
-            x = block(x)
-            layers.append(x.numpy())
-        return layers, enc.ln_post(x).numpy()
-
-
-@contextlib.contextmanager
-def float64_layer_norm() -> Iterator[None]:
-    """openai-whisper's LayerNorm casts its input to fp32; inside this block it keeps the input's dtype, so a
-    ``.double()`` copy of the model runs in float64 throughout (also used by benchmarks/encoder_accuracy.py)."""
-    import whisper.model as wm
-
-    original = wm.LayerNorm.forward
-    wm.LayerNorm.forward = lambda self, x: torch.nn.LayerNorm.forward(self, x)
-    try:
-        yield
-    finally:
-        wm.LayerNorm.forward = original
-
-
 def _float64_final(ref, mel: torch.Tensor) -> np.ndarray:
     """openai-whisper's encoder in float64: the exact answer for these weights, up to float64 rounding."""
     with float64_layer_norm():
-        return _torch_encoder_layers(copy.deepcopy(ref).double(), mel.double())[1]
+        return openai_encoder_layers(copy.deepcopy(ref).double(), mel.double())[1]
 
 
 def _check_encoder(model, audio, n_frames=3000):
     ref = model.to_openai_whisper()
     mel = _mel(audio, model.dims.n_mels)[..., :n_frames]
     final, layers = model.encode(mel, return_layers=True)
-    ref_layers, ref_final = _torch_encoder_layers(ref, torch.from_numpy(mel))
+    ref_layers, ref_final = openai_encoder_layers(ref, torch.from_numpy(mel))
     if n_frames == 3000:  # the unrolled reference must equal openai-whisper's own encoder
         with torch.no_grad():
             np.testing.assert_array_equal(ref.encoder(torch.from_numpy(mel)).numpy(), ref_final)

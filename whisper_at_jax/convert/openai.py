@@ -8,9 +8,10 @@ produce it, and one generic rule maps it to Flax (``blocks.3`` -> ``blocks_3``, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import jax
 import numpy as np
@@ -135,6 +136,38 @@ def to_openai_whisper(params: Params, dims: ModelDimensions) -> Any:
     state = {k: torch.from_numpy(np.array(v)) for k, v in params_to_state_dict(params).items()}
     ref.load_state_dict(state, strict=True)
     return ref.eval()
+
+
+def openai_encoder_layers(ref: Any, mel: Any) -> tuple[list[np.ndarray], np.ndarray]:
+    """openai-whisper's encoder forward on a torch ``mel``, unrolled to expose each block output: (block outputs,
+    final states). The position table is sliced to the input length, as Whisper-AT's training features were."""
+    import torch
+
+    enc = ref.encoder
+    with torch.no_grad():
+        x = torch.nn.functional.gelu(enc.conv1(mel))
+        x = torch.nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)
+        x = x + enc.positional_embedding[: x.shape[1]]
+        layers = []
+        for block in enc.blocks:
+            x = block(x)
+            layers.append(x.numpy())
+        return layers, enc.ln_post(x).numpy()
+
+
+@contextlib.contextmanager
+def float64_layer_norm() -> Iterator[None]:
+    """openai-whisper's LayerNorm casts its input to fp32; inside this block it keeps the input's dtype, so a
+    ``.double()`` copy of the reference runs in float64 throughout (the exact answer for its weights)."""
+    import torch
+    import whisper.model as wm
+
+    original = wm.LayerNorm.forward
+    wm.LayerNorm.forward = lambda self, x: torch.nn.LayerNorm.forward(self, x)
+    try:
+        yield
+    finally:
+        wm.LayerNorm.forward = original
 
 
 def torch_load_safely(path: str | os.PathLike) -> Any:
