@@ -291,6 +291,7 @@ def test_openai_pt_round_trip(ref, pt_file):
     assert loaded.tokenizer_file is not None  # the embedded tiny.en tokenizer (same vocabulary)
 
 
+@pytest.mark.slow
 def test_hf_model_is_whisper(hf_model, ref, speech):
     """The Hugging Face model built for the round trips computes what openai-whisper computes with the same
     tensors: encoder states within 1e-4 (fp32, two PyTorch implementations; measured ~1e-6)."""
@@ -355,6 +356,7 @@ def test_read_safetensors_dtypes(work):
 # Our checkpoint format and load_model
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip(ref, ours_dir, work):
     import ml_dtypes
 
@@ -397,6 +399,7 @@ def test_failed_write_leaves_nothing(ref, work, monkeypatch):
     assert not [p.name for p in work.iterdir() if p.name.startswith(".fails.")]
 
 
+@pytest.mark.slow
 def test_load_model_formats(ref, pt_file, ours_dir):
     """load_model takes the formats directly (the params equalities of every format are the round-trip tests
     above); an OpenAI .pt has no tokenizer.json and gets the embedded one of the same vocabulary."""
@@ -499,6 +502,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_openai_pt(ref, pt_file, work):
     out = work / "cli_pt"
     r = _cli(pt_file, out)
@@ -509,6 +513,7 @@ def test_cli_openai_pt(ref, pt_file, work):
     assert (out / "tokenizer.json").is_file()
 
 
+@pytest.mark.slow
 def test_cli_hf_with_released_head(ref, hf_dir, work):
     """A released-style TL-TR head saved the way whisper-at's checkpoints are (torch.save of the at_model.* state
     dict), attached while converting a Hugging Face folder; load_model(out) carries it."""

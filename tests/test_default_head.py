@@ -93,6 +93,7 @@ def test_labels_are_esc50_categories(head_and_config) -> None:
         assert cats == [by_target[i] for i in range(50)]
 
 
+@pytest.mark.slow
 def test_demo_is_small_and_tagged_as_its_background(model) -> None:
     from whisper_at_jax.audio import load_audio
     from whisper_at_jax.tagging import sigmoid
@@ -128,6 +129,7 @@ def test_base_gets_its_shipped_head_by_default(base_default) -> None:
     assert load_model("base", at_head=False).head_params is None
 
 
+@pytest.mark.slow
 def test_base_head_tags_the_demo_as_its_background(base_default) -> None:
     """The base head on the demo (speech over a synthesised siren it never heard): the top class of the one 10-s
     row is the siren. Measured: see docs/results.md section 3 (base)."""

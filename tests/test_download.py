@@ -150,6 +150,7 @@ def _cache_files(tmp_path: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
+@pytest.mark.slow
 def test_first_load_downloads_converts_second_reads_cache(served, ref, tmp_path):
     model = wat.load_model("tiny.en")
     assert len(_gets(served, "tiny.en.pt")) == 1
@@ -179,6 +180,7 @@ def test_downloaded_model_transcribes_like_embedded(served, speech, tiny_en):
     assert ours["text"] == theirs["text"] and ours["text"].strip()
 
 
+@pytest.mark.slow
 def test_audioset_head_through_redirects_recorded_and_pinned(served, tmp_path, monkeypatch):
     model = wat.load_model("tiny.en", at_head="audioset")
     assert [p for p, _ in served.log if "ori" in p or p == "/hop"] == [served.head_path, "/hop",
@@ -213,6 +215,7 @@ def unshipped(served, monkeypatch):
     return served
 
 
+@pytest.mark.slow
 def test_tags_fetch_the_audioset_head_once_lazily(unshipped, speech, monkeypatch):
     model = wat.load_model("tiny.en")
     assert model.head_params is None and model.default_head == "tiny.en"
@@ -255,6 +258,7 @@ def test_transcription_alone_never_fetches_a_head_at_time_res_once(unshipped, sp
     np.testing.assert_array_equal(second["audio_tag"], tagged["audio_tag"])
 
 
+@pytest.mark.slow
 def test_cli_tags_only_uses_the_library_rule(unshipped, speech, tmp_path, monkeypatch):
     import soundfile as sf
 
@@ -284,6 +288,7 @@ def test_wrong_checksum_refused_nothing_cached(served, tmp_path):
     assert not [f for f in _cache_files(tmp_path) if not f.endswith(".lock")]
 
 
+@pytest.mark.slow
 def test_two_processes_download_once(served, tmp_path):
     served.slow = 0.05  # ~1 s per download: the second process starts while the first is still fetching
     code = ("import sys; from whisper_at_jax import hub; hub.OPENAI_MODELS['tiny.en'] = sys.argv[1]; "
@@ -397,6 +402,7 @@ def test_distil_whisper_transcribes_as_openai_whisper_does(distil, hf_hub_offlin
     assert model.head_params is None  # transcription alone fetched no head
 
 
+@pytest.mark.slow
 def test_distil_whisper_tags_are_its_teachers(distil, hf_hub_offline, served, ref, speech, monkeypatch):
     """distil-whisper keeps its teacher's encoder, so tags asked for fetch the teacher's AudioSet head (tiny.en's
     here, from the local server) and equal the teacher's tags with that head."""
@@ -449,6 +455,7 @@ def _script(name: str):
     return importlib.import_module(f"whisper_at_jax.cli.{name}")
 
 
+@pytest.mark.slow
 def test_cli_convert_by_name_with_audioset_head_and_list_models(served, tmp_path, capsys):
     out = tmp_path / "ckpt"
     assert _script("convert").main(["tiny.en", str(out), "--head", "audioset", "-q"]) == 0

@@ -46,6 +46,7 @@ def _rel(a, b) -> float:
 
 
 @pytest.mark.parametrize("frames", [3000, 1002])  # 1002 frames -> 501 rows: the last row block is padded
+@pytest.mark.slow
 def test_cpu_program_equals_batched(tiny, frames):
     params = tiny.params["encoder"]
     mel = jnp.asarray(_mel(2, frames))
@@ -73,6 +74,7 @@ def test_the_model_owns_its_encoder_programs(tiny):
     np.testing.assert_array_equal(np.asarray(final), np.asarray(again[0])[0])
 
 
+@pytest.mark.slow
 def test_cpu_program_row_block_sizes(tiny):
     """Any row block size (a divisor of T, a non-divisor, one larger than T) gives the same result."""
     params = tiny.params["encoder"]
@@ -85,6 +87,7 @@ def test_cpu_program_row_block_sizes(tiny):
         assert _rel(out, ref) <= TOL, (rows, _rel(out, ref))
 
 
+@pytest.mark.slow
 def test_init_and_bf16_paths():
     """init still builds the openai-named tree through the Linen submodules; the bf16 CPU program runs through
     the same pieces (bf16 keeps ~3 significant digits and the error grows through 4 blocks: judged at 5% of the

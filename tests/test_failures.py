@@ -62,6 +62,7 @@ def _break_uncommitted(step: Path) -> str:
 
 @pytest.mark.parametrize("corrupt", [_break_missing, _break_truncated, _break_uncommitted],
                          ids=["missing_file", "truncated_file", "no_commit_marker"])
+@pytest.mark.slow
 def test_broken_latest_checkpoint_resumes_from_the_previous(finished_run, random_features, tmp_path, caplog,
                                                             corrupt):  # noqa: F811
     src, head = finished_run
@@ -263,6 +264,7 @@ def _train_subprocess(work: Path, over: dict, fsize: int | None = None, prefix: 
 
 
 @pytest.mark.parametrize("how", ["disk_full", "read_only"])
+@pytest.mark.slow
 def test_a_failed_checkpoint_save_is_a_clear_error(finished_run, random_features, tmp_path, how):  # noqa: F811
     src, _ = finished_run
     work = tmp_path / "run"
@@ -298,6 +300,7 @@ def tiny_en_features(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("how", ["disk_full", "read_only"])
+@pytest.mark.slow
 def test_a_failed_head_or_export_write_keeps_the_previous_ones(tiny_en_features, tmp_path, how):
     """A full disk during the export (the head fits under the limit, tiny.en's weights do not) and a read-only
     work directory at the final head (its first write after training; the logs live elsewhere): the error names
@@ -346,6 +349,7 @@ except T.TrainError as e:
 """
 
 
+@pytest.mark.slow
 def test_disk_full_in_the_feature_store_names_the_file(tmp_path):
     r = subprocess.run([sys.executable, "-c", FEATURES_FULL.format(out=str(tmp_path))], capture_output=True,
                        text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})

@@ -156,6 +156,7 @@ def package_segments(model: torch.nn.Module, taps: np.ndarray, time_resolution: 
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_head_parity_random_taps(mode, tmp_path_factory):
     c = case(mode, tmp_path_factory)
     taps = random_taps((3, N_LAYERS, STEPS, WIDTH), seed=1)
@@ -184,6 +185,7 @@ def test_any_number_of_classes(mode, n_classes, tmp_path_factory):
 
 
 @pytest.mark.parametrize("alias,mode", [("lw_tr_1_8", "tl_tr_1_8"), ("wa_down_tr_128_4", "wa_down_tr_128_4")])
+@pytest.mark.slow
 def test_batch_equals_batch_one(alias, mode, tmp_path_factory):
     """Each item of a batch gets the logits it gets alone (also: the training alias lw_* is the same head)."""
     c = case(mode, tmp_path_factory)
@@ -246,6 +248,7 @@ def real_taps(request, speech):
 
 
 @pytest.mark.isa_sensitive
+@pytest.mark.slow
 def test_pool_taps_match_whisper_at_encoder_on_real_audio(real_taps):
     taps, ref = real_taps
     assert taps.shape == (1, N_LAYERS, 75, WIDTH) and ref.shape == (N_LAYERS, 75, WIDTH)
@@ -316,6 +319,7 @@ def test_mode_parsing():
         make_head("tl_tr_7_8", N_LAYERS, WIDTH)
 
 
+@pytest.mark.slow
 def test_pytorch_default_initialisation():
     """Our init draws from the distributions PyTorch's defaults give the reference module."""
     mode = "wa_down_tr_128_4"  # every kind of tensor a head has: Linear, LayerNorm, a block, layer_weight

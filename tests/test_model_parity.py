@@ -82,23 +82,27 @@ def _check_decoder(model, ref, mel):
     return err
 
 
+@pytest.mark.slow
 def test_tiny_en_matches_openai_whisper(tiny_en, speech):
     report, err_final, ref, mel = _check_encoder(tiny_en, speech)
     print("tiny.en block (index, max abs diff, max magnitude):", report, "final (ours vs torch fp32, ours vs fp64, torch fp32 vs fp64):", err_final)
     print("tiny.en decoder logits max abs diff:", _check_decoder(tiny_en, ref, mel))
 
 
+@pytest.mark.slow
 def test_base_matches_openai_whisper(base_model, speech):
     report, err_final, ref, mel = _check_encoder(base_model, speech)
     print("base block (index, max abs diff, max magnitude):", report, "final (ours vs torch fp32, ours vs fp64, torch fp32 vs fp64):", err_final)
     print("base decoder logits max abs diff:", _check_decoder(base_model, ref, mel))
 
 
+@pytest.mark.slow
 def test_short_input_slices_positions(tiny_en, speech):
     """Whisper-AT trains on 10-s clips: 1000 mel frames -> 500 encoder frames with the first 500 positions."""
     _check_encoder(tiny_en, speech, n_frames=1000)
 
 
+@pytest.mark.slow
 def test_batched_equals_unbatched(tiny_en, speech):
     mel = _mel(speech, 80)
     mel2 = np.concatenate([mel, _mel(speech[::-1].copy(), 80)])
@@ -108,6 +112,7 @@ def test_batched_equals_unbatched(tiny_en, speech):
     np.testing.assert_allclose(two[0], one, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_matches_ctranslate2_encoder(tiny_en, speech):
     """CTranslate2 is an independent implementation (its own kernels) reading the same model.bin."""
     import ctranslate2
@@ -128,6 +133,7 @@ def test_matches_ctranslate2_encoder(tiny_en, speech):
     assert err <= 1e-3
 
 
+@pytest.mark.slow
 def test_bf16_compute_close_to_fp32(speech):
     import whisper_at_jax as wat
 

@@ -24,6 +24,7 @@ def result(tiny_en, speech):
 
 
 @pytest.mark.parametrize("fmt", ["txt", "vtt", "srt", "tsv", "json", "all"])
+@pytest.mark.slow
 def test_same_files_as_openai_whisper(result, fmt, tmp_path):
     from whisper.utils import get_writer as openai_writer
 
@@ -51,6 +52,7 @@ def word_result(tiny_en, speech):
 @pytest.mark.parametrize("options", [
     {}, {"highlight_words": True}, {"max_line_width": 24, "max_line_count": 2}, {"max_line_width": 24},
     {"max_words_per_line": 3}, {"max_line_width": 30, "max_line_count": 1, "highlight_words": True}])
+@pytest.mark.slow
 def test_word_subtitles_same_as_openai_whisper(word_result, options, tmp_path):
     """With word timestamps, srt/vtt cues are built from the words (line width / count, words per line,
     highlighting), byte-equal to openai-whisper's writers on the same result and options."""

@@ -33,6 +33,7 @@ def _check(lines: list[str], dtype) -> None:
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.slow
 def test_encoder_and_decoder_precision(dtype):
     model = M.Whisper(DIMS, dtype=dtype)
     params = M.param_shapes(DIMS)

@@ -72,6 +72,7 @@ def _sigterm_after_step_30(features: Path, work: Path, env: dict) -> tuple[subpr
     return p, seen
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_resumes_exactly(uninterrupted, random_features, compile_cache, tmp_path):  # noqa: F811
     env = sub_env(compile_cache, 1)
     work = tmp_path / "pre"
@@ -85,6 +86,7 @@ def test_sigterm_saves_and_resumes_exactly(uninterrupted, random_features, compi
     assert json.loads((work / "result.json").read_text())["start_step"] == n
 
 
+@pytest.mark.slow
 def test_second_sigterm_during_the_save_leaves_no_false_checkpoint(uninterrupted, random_features, compile_cache,
                                                                     tmp_path):  # noqa: F811
     """A second SIGTERM as soon as the preemption save has begun (its folder appears) kills the run mid-save; what

@@ -39,6 +39,7 @@ def _openai_shapes(dims: ModelDimensions) -> dict[str, tuple[int, ...]]:
 
 
 @pytest.mark.parametrize("name", SIZES)
+@pytest.mark.slow
 def test_every_size_has_openai_whispers_tensors(name):
     import whisper
 
@@ -122,6 +123,7 @@ def test_large_v3_layout_tokenizer(v3_pair):
         dict(zip(ref.all_language_tokens, ref.all_language_codes))
 
 
+@pytest.mark.slow
 def test_large_v3_layout_matches_openai_whisper(v3_pair, speech):
     from whisper.decoding import detect_language
     from whisper.tokenizer import get_tokenizer
@@ -152,6 +154,7 @@ def test_large_v3_layout_matches_openai_whisper(v3_pair, speech):
         assert abs(probs[code] - p) <= 1e-5, code
 
 
+@pytest.mark.slow
 def test_large_v3_layout_transcribes_as_openai_whisper(v3_pair, speech):
     """openai-whisper's transcribe on the same random weights: language detection over the 100 languages, the
     shifted special tokens (<|transcribe|> 50360, <|notimestamps|> 50364, timestamps from 50365) and the

@@ -84,6 +84,7 @@ def _assert_same_words(ref: dict, ours: dict) -> None:
             assert abs(wb["probability"] - wa["probability"]) <= PROB_TOL, (wa, wb)
 
 
+@pytest.mark.slow
 def test_word_timestamps_equal_openai_whisper(tiny_en, torch_tiny, speech):
     import whisper
 
@@ -94,6 +95,7 @@ def test_word_timestamps_equal_openai_whisper(tiny_en, torch_tiny, speech):
     _assert_same_words(ref, ours)
 
 
+@pytest.mark.slow
 def test_word_timestamps_base_equal_openai_whisper(base_model, speech):
     """The multilingual base model (its own alignment heads; language detected)."""
     import whisper
@@ -105,6 +107,7 @@ def test_word_timestamps_base_equal_openai_whisper(base_model, speech):
     _assert_same_words(ref, ours)
 
 
+@pytest.mark.slow
 def test_word_timestamps_move_the_next_window(tiny_en, torch_tiny, speech):
     """Three windows: with word timestamps a window ends after its last word, which moves where the next one
     starts (openai-whisper's seek rule); every window's seek, segments and words equal openai-whisper's."""
@@ -122,6 +125,7 @@ def test_word_timestamps_move_the_next_window(tiny_en, torch_tiny, speech):
     _assert_same_words(ref, ours)
 
 
+@pytest.mark.slow
 def test_hallucination_silence_threshold_equals_openai_whisper(tiny_en, torch_tiny, speech):
     """Speech, 12 s of faint noise, half the speech, 20 s of noise, speech: with a 2-s threshold openai-whisper skips
     silences around what it judges hallucinated and drops segments (here a different transcript from the one
@@ -139,6 +143,7 @@ def test_hallucination_silence_threshold_equals_openai_whisper(tiny_en, torch_ti
     _assert_same_words(ref, ours)
 
 
+@pytest.mark.slow
 def test_batched_word_timestamps_equal_openai_whispers_on_each_window(tiny_en, torch_tiny, speech):
     """Batched mode (windows cut in pauses, decoded together; no seek rule): each window's words equal what
     openai-whisper's own ``add_word_timestamps`` gives for that window's mel, segments and content length, with the
@@ -201,6 +206,7 @@ def test_one_aligner_program_per_token_bucket(tiny_en, speech_window):
     assert aligner._cache_size() == before
 
 
+@pytest.mark.slow
 def test_accelerator_forced_length_gives_the_same_words(tiny_en, speech_window, monkeypatch):
     """Off the CPU every window's forced pass is padded to 256 tokens (one program; compiling dominates there): the
     padding must not change any word, time or probability. Run on this CPU by reporting another platform."""

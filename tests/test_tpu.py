@@ -62,6 +62,7 @@ def _cached_step_report(topology: str, global_batch: int) -> dict:
     return tpu.compile_report("cached_train_step", steps.cached, args, topology, global_batch)
 
 
+@pytest.mark.slow
 def test_a_batch_gathered_onto_every_chip_is_detected(monkeypatch):
     # the check the training tests rely on, shown to fire: a data-dependent permutation of the sharded batch as
     # mixup's partner (what the trainer did before augment.partner became a roll) gathers the whole batch
@@ -93,6 +94,7 @@ def test_the_default_encoder_dtype_is_bf16_on_a_tpu_and_fp32_elsewhere():
 
 
 @pytest.mark.parametrize("small,large", [("v5e:2x2", "v5e:4x4"), ("v4:2x2x1", "v4:2x2x2")])
+@pytest.mark.slow
 def test_train_steps_compile_for_multi_host_slices_with_per_chip_memory_independent_of_the_global_batch(
         small, large):
     # 2 rows per chip on 4 chips (one host) and on 16 (v5e, 4 hosts) or 8 (v4, 2 hosts)
@@ -114,6 +116,7 @@ def test_train_steps_compile_for_multi_host_slices_with_per_chip_memory_independ
         assert b["temporaries"] <= 1.1 * a["temporaries"] + (1 << 16), (program, a, b)
 
 
+@pytest.mark.slow
 def test_tags_only_and_batched_transcription_programs_compile_for_a_single_host_slice():
     reps = tpu.inference_programs(REDUCED, "v5e:2x4", per_chip_batch=1, dtype="bfloat16", n_classes=8)
     assert [r["program"] for r in reps] == list(tpu.INFERENCE_PROGRAMS)
@@ -135,6 +138,7 @@ def _encoder_flops(d, frames: int) -> float:
     return convs + d.n_audio_layer * block
 
 
+@pytest.mark.slow
 def test_encoder_flops_agree_with_the_analytic_count():
     dims = dataclasses.replace(REDUCED, n_audio_state=256, n_audio_head=4)  # wide enough for matmuls to dominate
     (rep,) = tpu.inference_programs(dims, "v5e:2x2", per_chip_batch=1, programs=("encode",), n_classes=8)
@@ -174,6 +178,7 @@ def test_batch_search_finds_the_largest_fitting_batch_from_two_compiles_and_a_ch
     assert tpu.largest_per_chip_batch(report_at, 1024, limit=4096)["per_chip_batch"] == 256  # halved until it fits
 
 
+@pytest.mark.slow
 def test_compile_only_cli_writes_the_report_and_trains_nothing(tmp_path):
     out = tmp_path / "plan.json"
     cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", str(ROOT / "configs" / "esc50.py"),

@@ -246,6 +246,7 @@ def _reference_targets(y_a, y_b, lam, mixed, eps):
     return out
 
 
+@pytest.mark.slow
 def test_mixup_and_label_smoothing_follow_the_reference():
     rng = np.random.default_rng(0)
     b, c = 64, 7
@@ -370,6 +371,7 @@ def _count_prims(jaxpr, names) -> int:
     return n
 
 
+@pytest.mark.slow
 def test_no_gradient_reaches_the_backbone(tiny_steps):
     steps, compiled, enc, (x, y, taps) = tiny_steps
     state = steps.init()
@@ -437,6 +439,7 @@ def _assert_same_first_adam_step(s_a: dict, s_b: dict) -> None:
         assert np.all(np.abs(pa.astype(np.float64) - pb) <= bound), np.max(np.abs(pa - pb) - bound)
 
 
+@pytest.mark.slow
 def test_head_learns_real_tiny_en_features(tone_data, tmp_path):
     _, _, _, d = tone_data
     c = small_config(tmp_path / "run", **{
@@ -457,6 +460,7 @@ def test_head_learns_real_tiny_en_features(tone_data, tmp_path):
     assert r["averaged_epochs"] == 2
 
 
+@pytest.mark.slow
 def test_online_training_from_tfrecords_resumes_exports_and_evaluates(tiny_en, tone_data, tmp_path):
     import whisper_at_jax as wat
     from whisper_at_jax.data import make_dataset
@@ -549,6 +553,7 @@ print(json.dumps({"loss_rel": max(abs(a - b) / b for a, b in zip(l4, l1)),
 """
 
 
+@pytest.mark.slow
 def test_four_devices_equal_one_device(compile_cache):
     r = subprocess.run([sys.executable, "-c", FOUR_VS_ONE], cwd=REPO, env=sub_env(compile_cache, 4),
                        capture_output=True, text=True, timeout=600)
@@ -587,6 +592,7 @@ def _final(workdir: Path) -> dict:
         return {k: z[k] for k in z.files}
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(random_features, compile_cache, tmp_path):
     one = subprocess.run(_train_cmd(random_features, tmp_path / "one", "--config.checkpoint.every_steps=0"),
                          env=sub_env(compile_cache, 4), capture_output=True, text=True, timeout=600)
@@ -647,6 +653,7 @@ def _ids_by_step(workdir: Path) -> dict[int, list[str]]:
     return out
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_equals_uninterrupted(random_features, compile_cache, tmp_path):
     extra = ("--config.checkpoint.every_steps=3", "--config.log_example_ids=True")
     env = sub_env(compile_cache, 1)
@@ -746,6 +753,7 @@ def test_configs_hold_the_paper_recipes(size, lr_tr, lr_512, epochs, wa):
         _load_config("audioset2m", "huge")
 
 
+@pytest.mark.slow
 def test_bf16_encoder_option(tiny_en):
     audio, _ = make_sounds(1, 1.0, seed=2)
     enc = tiny_en.params["encoder"]

@@ -91,6 +91,7 @@ def assert_same_transcript(ref: dict, ours: dict) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # ASR parity with openai-whisper
 
+@pytest.mark.slow
 def test_greedy_equals_openai_whisper(tiny_en, torch_tiny, speech, capsys):
     import whisper
 
@@ -105,6 +106,7 @@ def test_greedy_equals_openai_whisper(tiny_en, torch_tiny, speech, capsys):
     assert printed_ours == printed_ref and "] " in printed_ours  # verbose prints the same lines
 
 
+@pytest.mark.slow
 def test_beam5_equals_openai_whisper(tiny_en, torch_tiny, speech):
     import whisper
 
@@ -115,6 +117,7 @@ def test_beam5_equals_openai_whisper(tiny_en, torch_tiny, speech):
     assert_same_transcript(ref, ours)
 
 
+@pytest.mark.slow
 def test_base_multilingual_detects_language_and_equals(base_model, speech):
     import whisper
 
@@ -172,6 +175,7 @@ def test_window_bounds_cut_in_pauses(long_audio):
 # ---------------------------------------------------------------------------------------------------------------
 # Bad input
 
+@pytest.mark.slow
 def test_empty_and_silence_match_openai_whisper(tiny_en, torch_tiny):
     import whisper
 
@@ -224,6 +228,7 @@ def test_bad_options(tiny_en, speech):
         transcribe(tiny_en, speech, at_time_res=10)
 
 
+@pytest.mark.slow
 def test_other_rates_and_channels(tiny_en, speech, tmp_path):
     """An 8-kHz mono file and a 48-kHz stereo file are resampled/downmixed on load and transcribed."""
     import soundfile as sf
@@ -311,6 +316,7 @@ def reference_rows(ref, audio: np.ndarray, res: float) -> np.ndarray:
 
 
 @pytest.mark.parametrize("res", [0.4, 2, 4, 10, 30])
+@pytest.mark.slow
 def test_tag_alignment_against_reference(at_pair, tag_audio, res):
     """Rows on the absolute grid at 0.4/2/10/30 s (row ends inside windows) and 4 s (rows straddling the 30-s
     window boundary: steps 70-79), on 47.3 s of audio (a partial last row)."""
@@ -389,6 +395,7 @@ def reference_rows_from_windows(ref, seeks_windows, content: int, res: float) ->
 
 
 @pytest.mark.parametrize("mode,res,batch_size", [("sequential", 4, 8), ("sequential", 30, 8), ("batched", 2, 2)])
+@pytest.mark.slow
 def test_transcribe_tags_follow_the_decoder_windows(at_pair, tag_audio, monkeypatch, mode, res, batch_size):
     """transcribe(at_time_res=...) tags come from the decoder's own encoder passes, aligned to absolute time:
     equal to the reference encoder + ATModel applied frame by frame to the same windows (4 s: rows straddling
@@ -475,6 +482,7 @@ def test_transcribe_tags_equal_whisper_at_transcribe(at_pair, tag_audio, monkeyp
     assert seq["text"]
 
 
+@pytest.mark.slow
 def test_tag_batch_sizes_agree(at_pair, tag_audio):
     from whisper_at_jax.tagging import tag
 
@@ -485,6 +493,7 @@ def test_tag_batch_sizes_agree(at_pair, tag_audio):
     assert np.abs(one - three).max() < 1e-5
 
 
+@pytest.mark.slow
 def test_fallback_reuses_encoder_and_never_reruns_head(at_pair, speech, monkeypatch):
     import whisper_at_jax.transcribe as tr
 
