@@ -12,8 +12,6 @@ and one sampling loop per number of rows, whatever the prompt lengths (checked h
 from __future__ import annotations
 
 import contextlib
-import shutil
-import subprocess
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
@@ -103,19 +101,11 @@ def window(tiny_en, ref_tiny, speech):
 
 @pytest.fixture(scope="module")
 def german_speech() -> np.ndarray:
-    """German speech made here with espeak-ng (skip without it), for language detection and translation."""
-    exe = shutil.which("espeak-ng")
-    if exe is None:
-        pytest.skip("espeak-ng is not installed")
-    import tempfile
-
+    """German speech the project made with espeak-ng (22050 Hz, as espeak writes it), for language detection and
+    translation."""
     from whisper_at_jax.audio import load_audio
 
-    with tempfile.TemporaryDirectory() as d:
-        wav = Path(d) / "de.wav"
-        subprocess.run([exe, "-v", "de", "-w", str(wav), "Guten Morgen. Heute ist das Wetter schön."], check=True,
-                       capture_output=True)
-        return load_audio(str(wav))
+    return load_audio(str(Path(__file__).resolve().parent / "data" / "speech_de.flac"))
 
 
 # ---------------------------------------------------------------------------------------------------------
