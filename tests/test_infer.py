@@ -91,6 +91,7 @@ def files(tmp_path_factory, speech, tiny_en):
     return d
 
 
+@pytest.mark.slow
 def test_many_files_one_call(files, tmp_path, tiny_en):
     """In a subprocess: the exit status 1 (a file failed), one model load for every file."""
     from whisper_at_jax.transcribe import transcribe
@@ -120,6 +121,7 @@ def test_many_files_one_call(files, tmp_path, tiny_en):
     assert "(0." in p.stdout or "(1.00)" in p.stdout  # probabilities printed
 
 
+@pytest.mark.slow
 def test_tags_only(files, tmp_path):
     """In a subprocess: the exit status 0."""
     out = tmp_path / "tags"
@@ -147,6 +149,7 @@ def test_usage_errors(files, tmp_path, cli):
     assert p.returncode == 2 and "missing.wav: no such file" in p.stderr and "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 def test_word_timestamps(files, tmp_path, cli):
     """--word-timestamps: words in the json, subtitle cues from the words (--max-line-width / --max-line-count);
     combinations that cannot work are refused before the model loads."""
@@ -167,6 +170,7 @@ def test_word_timestamps(files, tmp_path, cli):
         assert p.returncode == 2 and message in p.stderr and "loaded in" not in p.stderr, (bad, p.stderr)
 
 
+@pytest.mark.slow
 def test_decoding_options(files, tmp_path, tiny_en, cli):
     """openai-whisper's CLI decoding options reach transcribe: the json equals the library's result with the same
     options, in runs where the options change the transcript (a prompt and clips; beam search with suppressed
