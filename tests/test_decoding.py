@@ -316,6 +316,7 @@ def two_languages(base_pair, speech, german_speech):
     return model.encode(mels.numpy()), theirs
 
 
+@pytest.mark.slow
 def test_base_language_detection(base_pair, two_languages):
     (model, ref), (ours_f, theirs_f) = base_pair, two_languages
     ref_tokens, ref_probs = whisper.decoding.detect_language(ref, theirs_f)
@@ -326,6 +327,7 @@ def test_base_language_detection(base_pair, two_languages):
         assert max(abs(ours[c] - theirs[c]) for c in theirs) < LOGPROB_TOL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["transcribe", "translate"])
 def test_base_tasks_equal_openai(base_pair, two_languages, task):
     (model, ref), (ours_f, theirs_f) = base_pair, two_languages

@@ -32,9 +32,9 @@ def test_no_sys_path_edits_and_no_script_imports_another(path: Path) -> None:
     assert not _imports(path) & {p.stem for p in SCRIPTS}
 
 
-@pytest.mark.parametrize("path", [p for p in SCRIPTS if p.stem != "train"], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
 def test_scripts_only_call_their_cli_module(path: Path) -> None:
-    """Every script but train.py (its absl flags are its main module's) runs ``whisper_at_jax.cli.NAME.main``."""
+    """Every script runs ``whisper_at_jax.cli.NAME.main``."""
     import importlib
 
     assert f"whisper_at_jax.cli.{path.stem}" in _imports(path)
@@ -79,7 +79,7 @@ def test_console_script_is_the_infer_command(tmp_path: Path) -> None:
     assert runs[0].stderr == runs[1].stderr and f"{missing}: no such file" in runs[0].stderr
 
 
-@pytest.mark.parametrize("name", [p.stem for p in SCRIPTS if p.stem != "train"])
+@pytest.mark.parametrize("name", [p.stem for p in SCRIPTS])
 def test_every_cli_module_gives_help(name: str, capsys) -> None:
     """In process, as the scripts and the console script call them: ``--help`` prints the usage and exits 0."""
     import importlib

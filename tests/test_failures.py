@@ -362,6 +362,7 @@ def test_disk_full_in_the_feature_store_names_the_file(tmp_path):
 # infer.py over many files: a re-run skips what is done
 
 
+@pytest.mark.slow
 def test_infer_rerun_skips_files_already_done(files, tmp_path):  # noqa: F811
     out = tmp_path / "tags"
     args = (str(files / "one.wav"), str(files / "two.flac"), "--head", str(files / "head.pth"), "--tags-only",
@@ -381,6 +382,7 @@ def test_infer_rerun_skips_files_already_done(files, tmp_path):  # noqa: F811
     assert (out / "one.json").stat().st_mtime > 1 and (out / "one.json").read_bytes() == one
 
 
+@pytest.mark.slow
 def test_infer_sigterm_finishes_the_current_file_and_the_rerun_does_the_rest(files, tmp_path):  # noqa: F811
     """SIGTERM 0.3 s into the second of three files (a 2.8-minute one, seconds of work on any CPU): that file is
     finished, the third is not begun, the job exits 75 with complete outputs only (no partial or temporary file),

@@ -400,6 +400,7 @@ def test_no_gradient_reaches_the_backbone(tiny_steps):
     assert abs(f_online - (f_encode + f_cached)) < 0.05 * f_encode, (f_online, f_encode, f_cached)
 
 
+@pytest.mark.slow
 def test_online_and_cached_give_the_same_loss(tiny_steps, tone_data):
     steps, compiled, enc, _ = tiny_steps
     audio, labels, ids, d = tone_data

@@ -214,6 +214,12 @@ def to_openai_state_dict(variables: dict[str, np.ndarray], path: str = "model.bi
             if has_bias:
                 sd[f"{dst}.bias"] = b[j * d:(j + 1) * d]
 
+    def self_attention(dst: str, src: str) -> None:
+        ln(f"{dst}.attn_ln", f"{src}/self_attention/layer_norm")
+        fused([f"{dst}.attn.query", f"{dst}.attn.key", f"{dst}.attn.value"], f"{src}/self_attention/linear_0",
+              [True, False, True])
+        linear(f"{dst}.attn.out", f"{src}/self_attention/linear_1")
+
     def ffn(dst: str, src: str) -> None:
         ln(f"{dst}.mlp_ln", f"{src}/ffn/layer_norm")
         linear(f"{dst}.mlp.0", f"{src}/ffn/linear_0")
@@ -221,10 +227,7 @@ def to_openai_state_dict(variables: dict[str, np.ndarray], path: str = "model.bi
 
     for i in range(n_enc):
         src, dst = f"encoder/layer_{i}", f"encoder.blocks.{i}"
-        ln(f"{dst}.attn_ln", f"{src}/self_attention/layer_norm")
-        fused([f"{dst}.attn.query", f"{dst}.attn.key", f"{dst}.attn.value"], f"{src}/self_attention/linear_0",
-              [True, False, True])
-        linear(f"{dst}.attn.out", f"{src}/self_attention/linear_1")
+        self_attention(dst, src)
         ffn(dst, src)
     ln("encoder.ln_post", "encoder/layer_norm")
 
@@ -232,10 +235,7 @@ def to_openai_state_dict(variables: dict[str, np.ndarray], path: str = "model.bi
     sd["decoder.positional_embedding"] = get("decoder/position_encodings/encodings")
     for i in range(n_dec):
         src, dst = f"decoder/layer_{i}", f"decoder.blocks.{i}"
-        ln(f"{dst}.attn_ln", f"{src}/self_attention/layer_norm")
-        fused([f"{dst}.attn.query", f"{dst}.attn.key", f"{dst}.attn.value"], f"{src}/self_attention/linear_0",
-              [True, False, True])
-        linear(f"{dst}.attn.out", f"{src}/self_attention/linear_1")
+        self_attention(dst, src)
         ln(f"{dst}.cross_attn_ln", f"{src}/attention/layer_norm")
         linear(f"{dst}.cross_attn.query", f"{src}/attention/linear_0")
         fused([f"{dst}.cross_attn.key", f"{dst}.cross_attn.value"], f"{src}/attention/linear_1", [False, True])
