@@ -129,6 +129,22 @@ def test_tags_only_and_batched_transcription_programs_compile_for_a_single_host_
         est["with_word_timestamps_audio_hours_per_hour"] > 0
 
 
+def test_step_sums_hold_no_copy_of_the_block_outputs():
+    """The tag step sums read a window's block outputs in place: at large-v2's size (8 windows a chip, bf16: 0.9 GiB
+    of arguments) the temporaries stay below the fp32 sums they produce, not the several fp32 copies of the whole
+    [B, L, T, d] array (7.4 GiB) that a pad-and-slice formulation took. Abstract shapes: nothing is allocated."""
+    from whisper_at_jax.tagging import step_sums
+
+    mesh = tpu.topology_mesh("v5e:2x4")
+    data = parallel.data_sharding(mesh)
+    d, b = dims_for("large-v2"), 8 * mesh.devices.size
+    args = (jax.ShapeDtypeStruct((b, d.n_audio_layer, 1500, d.n_audio_state), jnp.bfloat16, sharding=data),
+            jax.ShapeDtypeStruct((b,), jnp.int32, sharding=data), jax.ShapeDtypeStruct((b,), jnp.int32, sharding=data))
+    rep = tpu.compile_report("step_sums", jax.jit(step_sums), args, "v5e:2x4", b)
+    mem = rep["memory_bytes"]
+    assert rep["compiled"] and mem["temporaries"] <= mem["outputs"], mem
+
+
 def _encoder_flops(d, frames: int) -> float:
     """2 x multiply-adds of the encoder on ``frames`` mel frames: the two convolutions (kernel 3), then per block
     the q/k/v/out projections, the attention scores and their weighted sum, and the 4x MLP."""

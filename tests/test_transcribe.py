@@ -547,6 +547,29 @@ def test_at_time_res_steps():
             at_time_res_steps(bad)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_step_sums_are_the_absolute_grid_sums(dtype):
+    """``tagging.step_sums`` against its definition, frame by frame: window frame ``f < take`` adds to step
+    ``(f + offset) // 20``. Small integers are exact in bf16 and in every fp32 summation order, so equality is exact;
+    window lengths cover a whole number of 20-frame blocks (1500), a remainder of 1 and of 10, and one frame."""
+    import jax.numpy as jnp
+
+    from whisper_at_jax.tagging import step_sums
+
+    rng = np.random.default_rng(0)
+    for t in (1500, 1501, 1510, 37, 1):
+        offset, take = np.arange(20) % 20, rng.integers(0, t + 1, 20)
+        take[:3] = (t, 0, 1)
+        x = rng.integers(-64, 64, (20, 2, t, 3)).astype(np.float32)
+        want = np.zeros((20, 2, -(-(t + 19) // 20), 3), np.float32)
+        for b in range(20):
+            for f in range(take[b]):
+                want[b, :, (f + offset[b]) // 20] += x[b, :, f]
+        got = step_sums(jnp.asarray(x, dtype), jnp.asarray(offset, jnp.int32), jnp.asarray(take, jnp.int32))
+        assert got.dtype == jnp.float32
+        np.testing.assert_array_equal(np.asarray(got), want, err_msg=f"T={t}")
+
+
 def test_parse_at_label_equals_whisper_at(at_pair, tag_audio):
     import torch
     from whisper_at.at_post_processing import parse_at_label as ref_parse

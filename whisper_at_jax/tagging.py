@@ -150,13 +150,21 @@ def step_sums(layers: Any, offset: Any, take: Any) -> Any:
     """
     b, n_layers, t, d = layers.shape
     n_steps = -(-(t + POOL_FACTOR - 1) // POOL_FACTOR)
-    keep = jnp.arange(t)[None, :] < take[:, None]
-    x = jnp.where(keep[:, None, :, None], layers.astype(jnp.float32), 0.0)
-    # window frame f sits at position f + offset of its first step: pad in front, then slice per row
-    x = jnp.pad(x, ((0, 0), (0, 0), (POOL_FACTOR, n_steps * POOL_FACTOR - t), (0, 0)))
-    x = jax.vmap(lambda xi, o: jax.lax.dynamic_slice_in_dim(xi, POOL_FACTOR - o, n_steps * POOL_FACTOR,
-                                                            axis=1))(x, offset)
-    return x.reshape(b, n_layers, n_steps, POOL_FACTOR, d).sum(axis=3)
+    n_blocks = -(-t // POOL_FACTOR)
+    if n_blocks * POOL_FACTOR != t:
+        layers = jnp.pad(layers, ((0, 0), (0, 0), (0, n_blocks * POOL_FACTOR - t), (0, 0)))
+    x = layers.reshape(b, n_layers, n_blocks, POOL_FACTOR, d)
+    taken = jnp.arange(n_blocks * POOL_FACTOR).reshape(n_blocks, POOL_FACTOR)[None] < take[:, None, None]
+    # frame j of 20-frame block k falls in step k while j < 20 - offset, else in step k + 1
+    early = (jnp.arange(POOL_FACTOR)[None, :] < POOL_FACTOR - offset[:, None])[:, None, :]
+
+    def block_sums(mask):  # masked sums in the input dtype's zeros, accumulated in fp32: no fp32 copy of layers
+        return jnp.where(mask[:, None, :, :, None], x, jnp.zeros((), x.dtype)).sum(axis=3, dtype=jnp.float32)
+
+    zero = jnp.zeros((b, n_layers, 1, d), jnp.float32)
+    sums = (jnp.concatenate([block_sums(taken & early), zero], axis=2)
+            + jnp.concatenate([zero, block_sums(taken & ~early)], axis=2))
+    return sums[:, :, :n_steps]
 
 
 class TagRows:
