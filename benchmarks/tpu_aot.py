@@ -53,11 +53,19 @@ def train_cell(size: str, head: str, topology: str, dtype: str, per_chip: int, p
     return [tp.report(p, gb) for p in programs]
 
 
-def inference_cell(size: str, topology: str, dtype: str, per_chip: int) -> list[dict]:
+def inference_cell(size: str, topology: str, dtype: str, per_chip: int, programs: tuple[str, ...] = (),
+                   kept: list[dict] | None = None) -> list[dict]:
+    """The inference programs of one cell; with ``programs`` and ``kept`` (the cell's earlier rows), only those
+    programs are compiled again and their rows replaced."""
     from whisper_at_jax import tpu
     from whisper_at_jax.model import dims_for
 
-    return tpu.inference_programs(dims_for(size), topology, per_chip_batch=per_chip, dtype=dtype)
+    fresh = tpu.inference_programs(dims_for(size), topology, per_chip_batch=per_chip, dtype=dtype,
+                                   **({"programs": programs} if programs else {}))
+    if not programs or kept is None:
+        return fresh
+    by = {r["program"]: r for r in fresh}
+    return [by.get(r["program"], r) for r in kept]
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -84,8 +92,15 @@ def run(args: argparse.Namespace) -> dict:
         cell("train", f"{size}|{head}|{topo}|{dtype}|{args.per_chip_batch}",
              lambda: train_cell(size, head, topo, dtype, args.per_chip_batch, tuple(args.train_programs)))
     for size, topo, dtype in itertools.product(args.inference_sizes, args.inference_slices, args.dtypes):
-        cell("inference", f"{size}|{topo}|{dtype}|{args.inference_per_chip}",
-             lambda: inference_cell(size, topo, dtype, args.inference_per_chip))
+        key = f"{size}|{topo}|{dtype}|{args.inference_per_chip}"
+        if args.redo_inference_programs and key in res["inference"]:
+            t0 = time.time()
+            res["inference"][key] = inference_cell(size, topo, dtype, args.inference_per_chip,
+                                                   tuple(args.redo_inference_programs), res["inference"][key])
+            write_json(str(results_path), res)
+            print(f"[{time.time() - t0:.0f} s] inference {key}: {','.join(args.redo_inference_programs)}", flush=True)
+            continue
+        cell("inference", key, lambda: inference_cell(size, topo, dtype, args.inference_per_chip))
     return res
 
 
@@ -220,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inference_per_chip", type=int, default=8)
     ap.add_argument("--skip_scaling", action="store_true")
     ap.add_argument("--redo", action="store_true", help="recompile cells already in --results")
+    ap.add_argument("--redo_inference_programs", type=split, default=[],
+                    help="recompile only these programs (e.g. step_sums) of the inference cells already in --results")
     ap.add_argument("--report_only", action="store_true", help="rewrite the doc from --results, compile nothing")
     ap.add_argument("--results", default=RESULTS_DEFAULT)
     ap.add_argument("--doc", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
