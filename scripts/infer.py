@@ -8,7 +8,7 @@ The same command as the ``whisper-at-jax`` console script: ``whisper_at_jax.cli.
 
 import sys
 
-from whisper_at_jax.cli.infer import _parse_args, main  # noqa: F401  (_parse_args: the option checks' entry point)
+from whisper_at_jax.cli.infer import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -261,13 +261,16 @@ def _in_memory(features: Path) -> tuple:
     return _TAPS[key]
 
 
-def measured_config(model_name: str, mode: str, lr: float, workdir: Path, epochs: int | None = None, seed: int = 0):
+def measured_config(model_name: str, mode: str, lr: float, workdir: Path, epochs: int | None = None, seed: int = 0,
+                    head_dtype: str = "float32"):
     """The ESC-50 config of a head that is measured in-process, not shipped: ``lr``, ``seed``, ``epochs`` (with
-    the weight average over their second half), no export, no checkpoints (a run takes seconds: no resume needed),
-    no per-epoch eval (only the final averaged head is measured: no selection on the held-out fold), quiet."""
+    the weight average over their second half), the head's compute dtype, no export, no checkpoints (a run takes
+    seconds: no resume needed), no per-epoch eval (only the final averaged head is measured: no selection on the
+    held-out fold), quiet."""
     c = esc50_config(f"{model_name},{mode}")
     c.lr = float(lr)
     c.seed = int(seed)
+    c.head.dtype = head_dtype
     if epochs:
         c.epochs = int(epochs)
         c.wa.start_epoch, c.wa.end_epoch = max(1, epochs // 2 + 1), epochs
@@ -281,10 +284,10 @@ def measured_config(model_name: str, mode: str, lr: float, workdir: Path, epochs
 
 
 def train_fold(model_name: str, mode: str, features: Path, fold: int, lr: float, workdir: Path,
-               epochs: int | None = None, seed: int = 0) -> dict:
-    """One fold held out, one head, through the ESC-50 config + whisper_at_jax.train.train (cached mode): the
-    trainer's fold split (``config.data.fold``) done here on the taps held in memory, then ``train`` with them as
-    its train/eval sources."""
+               epochs: int | None = None, seed: int = 0, head_dtype: str = "float32") -> dict:
+    """One fold held out, one head (its Transformer blocks computing in ``head_dtype``), through the ESC-50 config +
+    whisper_at_jax.train.train (cached mode): the trainer's fold split (``config.data.fold``) done here on the taps
+    held in memory, then ``train`` with them as its train/eval sources."""
     from whisper_at_jax.data import ExampleSource
     from whisper_at_jax.train import train
 
@@ -295,7 +298,7 @@ def train_fold(model_name: str, mode: str, features: Path, fold: int, lr: float,
     train_src = ExampleSource(x[~held], y[~held], [i for i, h in zip(ids, held) if not h], kind="taps")
     eval_src = ExampleSource(x[held], y[held], [i for i, h in zip(ids, held) if h], kind="taps")
 
-    c = measured_config(model_name, mode, lr, workdir, epochs, seed)
+    c = measured_config(model_name, mode, lr, workdir, epochs, seed, head_dtype)
     c.data.features = str(features)
     c.data.fold = int(fold)
     t0 = time.perf_counter()
