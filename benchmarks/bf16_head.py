@@ -32,7 +32,7 @@ DTYPES = ("float32", "bfloat16")
 HEAD, LR, EPOCHS = "tl_down_tr", 5e-4, 12
 ROOT = Path(__file__).resolve().parent.parent
 ACC_COLUMNS = ["model", "head blocks", "fold accuracies (%)", "mean", "bf16 - fp32 (points)"]
-COST_COLUMNS = ["model", "slice", "head blocks", "GiB per chip", "MXU passes", "roofline ms", "clips/s (bound)"]
+COST_COLUMNS = ["model", "slice", "head blocks", "GiB per chip", "MXU passes", "roofline ms", "clips/s on the slice (bound)"]
 
 
 def accuracy_runs(res: dict, shared: str, model: str, folds: list[int], save) -> None:
