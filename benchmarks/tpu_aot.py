@@ -60,9 +60,9 @@ def inference_cell(size: str, topology: str, dtype: str, per_chip: int, programs
     from whisper_at_jax import tpu
     from whisper_at_jax.model import dims_for
 
-    fresh = tpu.inference_programs(dims_for(size), topology, per_chip_batch=per_chip, dtype=dtype,
-                                   **({"programs": programs} if programs else {}))
-    if not programs or kept is None:
+    only = programs if programs and kept is not None else tpu.INFERENCE_PROGRAMS
+    fresh = tpu.inference_programs(dims_for(size), topology, per_chip_batch=per_chip, dtype=dtype, programs=only)
+    if only is tpu.INFERENCE_PROGRAMS:
         return fresh
     by = {r["program"]: r for r in fresh}
     return [by.get(r["program"], r) for r in kept]
@@ -73,9 +73,9 @@ def run(args: argparse.Namespace) -> dict:
     res = _load(results_path)
     res.setdefault("train", {}), res.setdefault("inference", {}), res.setdefault("scaling", {})
 
-    def cell(section: str, key: str, compute) -> None:
+    def cell(section: str, key: str, compute, redo: bool = False) -> None:
         """Compile one cell unless --results holds it; keep it at once so a stopped grid resumes here."""
-        if key in res[section] and not args.redo:
+        if key in res[section] and not (args.redo or redo):
             return
         t0 = time.time()
         res[section][key] = compute()
@@ -93,14 +93,10 @@ def run(args: argparse.Namespace) -> dict:
              lambda: train_cell(size, head, topo, dtype, args.per_chip_batch, tuple(args.train_programs)))
     for size, topo, dtype in itertools.product(args.inference_sizes, args.inference_slices, args.dtypes):
         key = f"{size}|{topo}|{dtype}|{args.inference_per_chip}"
-        if args.redo_inference_programs and key in res["inference"]:
-            t0 = time.time()
-            res["inference"][key] = inference_cell(size, topo, dtype, args.inference_per_chip,
-                                                   tuple(args.redo_inference_programs), res["inference"][key])
-            write_json(str(results_path), res)
-            print(f"[{time.time() - t0:.0f} s] inference {key}: {','.join(args.redo_inference_programs)}", flush=True)
-            continue
-        cell("inference", key, lambda: inference_cell(size, topo, dtype, args.inference_per_chip))
+        kept = res["inference"].get(key)
+        cell("inference", key, lambda: inference_cell(size, topo, dtype, args.inference_per_chip,
+                                                      tuple(args.redo_inference_programs), kept),
+             redo=bool(args.redo_inference_programs and kept))
     return res
 
 

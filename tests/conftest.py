@@ -44,6 +44,12 @@ def base_model():
 
 
 @pytest.fixture(scope="session")
+def german_speech_file() -> Path:
+    """German speech the project made with espeak-ng, at espeak's own 22050 Hz (loading it resamples)."""
+    return DATA / "speech_de.flac"
+
+
+@pytest.fixture(scope="session")
 def speech() -> np.ndarray:
     """Real-ish speech the project ships (espeak-ng, made by this project): 16 kHz float32."""
     import soundfile as sf

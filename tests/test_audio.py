@@ -134,9 +134,8 @@ def test_log_mel_matches_openai_whisper_on_jfk():
         assert np.abs(ours - ref).max() <= MEL_ATOL
 
 
-def test_log_mel_matches_openai_whisper_on_tts_at_22050_hz():
-    # espeak-ng's own rate (the project made the file with it): load_audio resamples it with soxr first.
-    x = load_audio(Path(__file__).resolve().parent / "data" / "speech_de.flac")
+def test_log_mel_matches_openai_whisper_on_tts_at_22050_hz(german_speech_file):
+    x = load_audio(german_speech_file)  # 22050 Hz: load_audio resamples it with soxr first
     ref = _reference_mel(x, 80, A.N_SAMPLES)
     assert np.abs(np.asarray(log_mel_spectrogram(x, padding=A.N_SAMPLES)) - ref).max() <= MEL_ATOL
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 from functools import lru_cache
-from pathlib import Path
 from typing import Iterator
 
 import jax.monitoring
@@ -100,12 +99,11 @@ def window(tiny_en, ref_tiny, speech):
 
 
 @pytest.fixture(scope="module")
-def german_speech() -> np.ndarray:
-    """German speech the project made with espeak-ng (22050 Hz, as espeak writes it), for language detection and
-    translation."""
+def german_speech(german_speech_file) -> np.ndarray:
+    """German speech at 16 kHz, for language detection and translation."""
     from whisper_at_jax.audio import load_audio
 
-    return load_audio(str(Path(__file__).resolve().parent / "data" / "speech_de.flac"))
+    return load_audio(str(german_speech_file))
 
 
 # ---------------------------------------------------------------------------------------------------------

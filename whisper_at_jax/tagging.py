@@ -161,9 +161,9 @@ def step_sums(layers: Any, offset: Any, take: Any) -> Any:
     def block_sums(mask):  # masked sums in the input dtype's zeros, accumulated in fp32: no fp32 copy of layers
         return jnp.where(mask[:, None, :, :, None], x, jnp.zeros((), x.dtype)).sum(axis=3, dtype=jnp.float32)
 
-    zero = jnp.zeros((b, n_layers, 1, d), jnp.float32)
-    sums = (jnp.concatenate([block_sums(taken & early), zero], axis=2)
-            + jnp.concatenate([zero, block_sums(taken & ~early)], axis=2))
+    # block k's early frames are step k's, its late frames step k + 1's
+    sums = (jnp.pad(block_sums(taken & early), ((0, 0), (0, 0), (0, 1), (0, 0)))
+            + jnp.pad(block_sums(taken & ~early), ((0, 0), (0, 0), (1, 0), (0, 0))))
     return sums[:, :, :n_steps]
 
 
